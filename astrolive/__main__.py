@@ -1,0 +1,3 @@
+from astrolive.cli import main
+
+main()

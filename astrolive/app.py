@@ -1,0 +1,61 @@
+"""The one composition root: `create_app(settings)` builds the aiohttp app, the Socket.IO server,
+the PostgreSQL pool, the Redis clients and the arq pool, and wires the packages together.
+
+Settings must already name the database and Redis (`astrolive.cli` resolves local or embedded
+ones before calling this). Nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from api.framework import (
+    AUTHENTICATOR,
+    INFRA_PATHS,
+    SERVICES,
+    assert_all_routes_declared,
+    install,
+    token_only,
+)
+from api.middleware import HTTP_METRICS, METRICS_REGISTRY, HttpMetrics, build_middlewares
+from api.routes import ROUTERS
+from astrolive.resources import close_services, open_services
+from core.settings import Settings
+from realtime.server import SIO, SioEmitter, create_sio, register
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=build_middlewares(settings)
+    )
+    app[SETTINGS] = settings
+    registry = CollectorRegistry()
+    app[METRICS_REGISTRY] = registry
+    app[HTTP_METRICS] = HttpMetrics(registry)
+    app[AUTHENTICATOR] = token_only
+    app[INFRA_PATHS] = {"/socket.io"}
+
+    assert settings.redis_url, "resolve the services first"
+    sio = create_sio(settings, settings.redis_url)
+    sio.attach(app, socketio_path="socket.io")
+    app[SIO] = sio
+    register(sio, lambda: app[SERVICES])
+
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        services = await open_services(settings, SioEmitter(sio))
+        app[SERVICES] = services
+        yield
+        await close_services(services)
+
+    app.cleanup_ctx.append(services_ctx)
+    install(app, ROUTERS)
+    assert_all_routes_declared(app)
+    return app

@@ -1,0 +1,174 @@
+"""`astrolive` command line: serve, worker, migrate, create-admin, seed-demo, run, with-services."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from core.logging import setup_logging
+from core.settings import Settings
+from db import embedded
+
+log = logging.getLogger("astrolive")
+
+
+def load_settings() -> Settings:
+    """Settings with the database and Redis resolved (local servers, else embedded ones)."""
+    settings = Settings()
+    setup_logging(settings.log_level, settings.log_format)
+    found = embedded.resolve(settings.database_url, settings.redis_url, settings.data_dir)
+    # Keep embedded servers alive as long as this process runs, and stop them with it.
+    _KEEP.append(found)
+    if found.keep:
+        atexit.register(embedded.stop, found)
+    embedded.export(found)
+    settings.database_url, settings.redis_url = found.database_url, found.redis_url
+    return settings
+
+
+_KEEP: list[embedded.Services] = []
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # uvloop does not build on Windows; the default loop works there
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from astrolive.app import create_app
+
+    settings = load_settings()
+    _use_uvloop()
+    app = create_app(settings)
+    log.info("serving", extra={"host": settings.host, "port": args.port or settings.port})
+    # run_app turns SIGTERM/SIGINT into a graceful shutdown: stop accepting, finish requests,
+    # run cleanup contexts (close Socket.IO, pools) within the timeout.
+    web.run_app(
+        app,
+        host=settings.host,
+        port=args.port or settings.port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=10,
+        handle_signals=True,
+    )
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from arq.worker import run_worker
+
+    from astrolive.resources import redis_settings
+    from astrolive.worker import WorkerSettings
+
+    settings = load_settings()
+    _use_uvloop()
+    assert settings.redis_url
+    run_worker(
+        WorkerSettings,  # type: ignore[arg-type]  # arq types settings_cls as WorkerSettingsType, a Protocol our class satisfies structurally
+        redis_settings=redis_settings(settings.redis_url),
+        ctx={"settings": settings},
+    )
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    from db.migrate import migrate
+    from db.pool import connect
+
+    assert settings.database_url
+    conn = await connect(settings.database_url)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    settings = load_settings()
+    applied = asyncio.run(_migrate(settings))
+    log.info("migrations done", extra={"applied": applied})
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+
+
+def cmd_create_admin(args: argparse.Namespace) -> None:
+    from astrolive.demo import create_admin
+
+    settings = load_settings()
+    user = asyncio.run(create_admin(settings, args.phone))
+    print(f"admin {user.phone} ({user.id})")
+
+
+def cmd_seed_demo(args: argparse.Namespace) -> None:
+    from astrolive.demo import seed_demo
+
+    settings = load_settings()
+    summary = asyncio.run(seed_demo(settings))
+    print(summary)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Everything a newcomer needs: services, migrations, demo data, then web and worker."""
+    from honcho.manager import Manager
+
+    settings = load_settings()
+    asyncio.run(_migrate(settings))
+    from astrolive.demo import seed_demo
+
+    print(asyncio.run(seed_demo(settings)))
+    exe = [sys.executable, "-m", "astrolive"]
+    env = dict(os.environ)
+    manager = Manager()
+    manager.add_process("web", " ".join([*exe, "serve"]), env=env)
+    manager.add_process("worker", " ".join([*exe, "worker"]), env=env)
+    print(f"astrolive on http://{settings.host}:{settings.port}/  (Ctrl-C stops)")
+    manager.loop()
+    sys.exit(manager.returncode)
+
+
+def cmd_with_services(args: argparse.Namespace) -> None:
+    """Run a command with DATABASE_URL and REDIS_URL pointing at working servers."""
+    load_settings()
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise SystemExit("with-services needs a command after --")
+    sys.exit(subprocess.call(command))  # noqa: S603  # the developer's own command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="astrolive", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the web server (REST + Socket.IO)")
+    serve.add_argument("--port", type=int, default=None)
+    serve.set_defaults(fn=cmd_serve)
+    sub.add_parser("worker", help="run the arq worker").set_defaults(fn=cmd_worker)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
+    admin = sub.add_parser("create-admin", help="make PHONE an admin (creating the account)")
+    admin.add_argument("phone")
+    admin.set_defaults(fn=cmd_create_admin)
+    sub.add_parser(
+        "seed-demo", help="demo astrologers, a funded demo user, test phones"
+    ).set_defaults(fn=cmd_seed_demo)
+    sub.add_parser("run", help="services + migrate + seed-demo + web + worker").set_defaults(
+        fn=cmd_run
+    )
+    ws = sub.add_parser("with-services", help="run a command with the database and Redis resolved")
+    ws.add_argument("command", nargs=argparse.REMAINDER)
+    ws.set_defaults(fn=cmd_with_services)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.fn(args)

@@ -1,0 +1,1 @@
+"""Money: the ledger, the per-minute meter, pricing, and the payment gateways."""

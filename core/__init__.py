@@ -1,0 +1,1 @@
+"""Shared foundations with no I/O of their own: settings, errors, logging, tokens, phones."""

@@ -1,0 +1,1 @@
+"""The real-time layer: python-socketio for chat, presence and WebRTC signalling."""

@@ -1,0 +1,1 @@
+"""arq jobs: everything that must not run inside a request. `astrolive.worker` registers them."""
