@@ -170,5 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from core.errors import AppError
+
     args = build_parser().parse_args(argv)
-    args.fn(args)
+    try:
+        args.fn(args)
+    except AppError as err:
+        details = f" {err.details}" if err.details else ""
+        print(f"astrolive: {err.message}{details}", file=sys.stderr)
+        sys.exit(2)

@@ -57,8 +57,8 @@ ON CONFLICT (user_id) DO UPDATE
 
 
 async def make_admin(conn: Conn, phone: str) -> identity.User:
-    user, _ = await identity.upsert_user(conn, phone, "admin")
-    if user.role != "admin":
+    user, created = await identity.upsert_user(conn, phone, "admin")
+    if created or user.role != "admin":
         user = await identity.set_role(conn, user.id, "admin")
         await conn.execute(
             "INSERT INTO audit_log (actor_id, action, target_type, target_id, reason) "

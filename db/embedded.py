@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -41,14 +42,23 @@ def free_port() -> int:
         return port
 
 
+def with_database(dsn: str, name: str) -> str:
+    """The same DSN naming another database (keeps host, user and query such as ?host=/socket)."""
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def database_name(dsn: str) -> str:
+    return urlsplit(dsn).path.lstrip("/") or "postgres"
+
+
 async def ensure_database(dsn: str) -> None:
     """Create the database named in `dsn` when the server does not have it yet."""
     try:
         conn = await asyncpg.connect(dsn)
     except asyncpg.InvalidCatalogNameError:
-        base, _, name = dsn.rpartition("/")
-        name = name.split("?", 1)[0]
-        admin = await asyncpg.connect(base + "/postgres")
+        name = database_name(dsn)
+        admin = await asyncpg.connect(with_database(dsn, "postgres"))
         try:
             await admin.execute(f'CREATE DATABASE "{name}"')
         except asyncpg.DuplicateDatabaseError:

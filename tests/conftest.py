@@ -37,18 +37,17 @@ TEST_PHONES = "+919000000001:123456,+919000000002:123456,+919000000003:123456"
 def _server_dsn() -> str:
     for var in ("TEST_DATABASE_URL", "DATABASE_URL"):
         if os.environ.get(var):
-            base, _, _ = os.environ[var].rpartition("/")
-            return base
-    return "postgresql://postgres@127.0.0.1:5432"
+            return os.environ[var]
+    return "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture(scope="session")
 async def database_url() -> AsyncIterator[str]:
-    base = _server_dsn()
+    server = _server_dsn()
     name = f"astrolive_test_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(base + "/postgres")
+    admin = await asyncpg.connect(embedded.with_database(server, "postgres"))
     await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = f"{base}/{name}"
+    dsn = embedded.with_database(server, name)
     conn = await connect(dsn)
     try:
         await migrate(conn)

@@ -184,9 +184,11 @@ async def test_role_checks(
     bad = await client.get("/v1/probe/admin", headers={"Authorization": "Bearer forged.token.x"})
     assert bad.status == 401
     user = await make_user(db)
-    assert (await client.get("/v1/probe/admin", headers=await auth(db, settings, user))).status == 403
+    as_user = await auth(db, settings, user)
+    assert (await client.get("/v1/probe/admin", headers=as_user)).status == 403
     admin = await make_user(db, role="admin")
-    assert (await client.get("/v1/probe/admin", headers=await auth(db, settings, admin))).status == 200
+    as_admin = await auth(db, settings, admin)
+    assert (await client.get("/v1/probe/admin", headers=as_admin)).status == 200
 
 
 async def test_cors_for_configured_origin(
