@@ -38,12 +38,13 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         rid = request_id_var.get()
-        prefix = f"[{rid}] " if rid else ""
-        record.msg = prefix + str(record.msg)
-        try:
-            return super().format(record)
-        finally:
-            record.msg = str(record.msg)[len(prefix) :]
+        line = super().format(record)
+        extras = " ".join(
+            f"{k}={v}"
+            for k, v in record.__dict__.items()
+            if k not in _RESERVED and not k.startswith("_")
+        )
+        return (f"[{rid}] " if rid else "") + line + (f" {extras}" if extras else "")
 
 
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:

@@ -130,11 +130,14 @@ def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
 
 
 def resolve(database_url: str | None, redis_url: str | None, data_dir: Path) -> Services:
-    """Decide where PostgreSQL and Redis are, starting embedded ones when nothing answers."""
+    """Decide where PostgreSQL and Redis are, starting embedded ones when nothing answers.
+
+    ASTROLIVE_FORCE_EMBEDDED=1 skips the local servers, to try a newcomer's laptop path."""
     keep: list[Any] = []
     embedded: list[str] = []
+    probe_local = os.environ.get("ASTROLIVE_FORCE_EMBEDDED") != "1"
     if not database_url:
-        if port_open("127.0.0.1", 5432):
+        if probe_local and port_open("127.0.0.1", 5432):
             database_url = LOCAL_POSTGRES
             asyncio.run(ensure_database(database_url))
             log.info("using the local PostgreSQL", extra={"database": "127.0.0.1:5432"})
@@ -147,7 +150,7 @@ def resolve(database_url: str | None, redis_url: str | None, data_dir: Path) -> 
                 extra={"path": str(data_dir / "pg")},
             )
     if not redis_url:
-        if port_open("127.0.0.1", 6379):
+        if probe_local and port_open("127.0.0.1", 6379):
             redis_url = LOCAL_REDIS
             log.info("using the local Redis", extra={"redis": "127.0.0.1:6379"})
         else:

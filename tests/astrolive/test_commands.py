@@ -139,3 +139,23 @@ async def test_database_is_created_when_missing(database_url: str) -> None:
     admin = await asyncpg.connect(embedded.with_database(database_url, "postgres"))
     await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     await admin.close()
+
+
+@pytest.mark.filterwarnings("ignore")
+async def test_newcomer_path_uses_embedded_services(tmp_path: Any) -> None:
+    """With no local servers, migrate runs against an embedded PostgreSQL and Redis."""
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
+        "ASTROLIVE_FORCE_EMBEDDED": "1",
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOG_FORMAT": "text",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "astrolive", "migrate", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 50)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().startswith("applied ")
+    assert "started an embedded one" in err.decode()
+    assert (tmp_path / "data" / "pg" / "PG_VERSION").exists()
