@@ -159,3 +159,13 @@ async def test_newcomer_path_uses_embedded_services(tmp_path: Any) -> None:
     assert out.decode().startswith("applied ")
     assert "started an embedded one" in err.decode()
     assert (tmp_path / "data" / "pg" / "PG_VERSION").exists()
+
+
+async def test_serve_shuts_down_gracefully_on_sigterm(settings: Settings) -> None:
+    from tests.servers import ServerProcess, process_env
+
+    server = await ServerProcess(process_env(settings)).start()
+    started = asyncio.get_running_loop().time()
+    code = await server.stop()
+    assert code == 0
+    assert asyncio.get_running_loop().time() - started < 12
