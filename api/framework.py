@@ -343,7 +343,10 @@ def assert_all_routes_declared(app: web.Application) -> None:
         info = route.resource.canonical if route.resource else ""
         if route.method in ("HEAD", "OPTIONS"):
             continue
-        if (route.method, info) in declared or any(info.startswith(p) for p in infra):
+        # An infra path is a prefix, except "/" (the console page), which would cover everything.
+        if (route.method, info) in declared or any(
+            info == p or (p != "/" and info.startswith(p)) for p in infra
+        ):
             continue
         raise RuntimeError(f"route {route.method} {info} does not declare its access")
 

@@ -21,6 +21,8 @@ log = logging.getLogger("astrolive.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Routes that read their (large) body as a stream with their own cap, not through max_body_bytes.
+STREAMED_BODY_PATHS = ("/v1/files",)
 
 METRICS_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 
@@ -156,7 +158,12 @@ def build_middlewares(settings: Settings) -> list[Callable[..., Awaitable[web.St
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         length = request.content_length
-        if length is not None and length > settings.max_body_bytes:
+        # Local-store uploads (api/files.py) stream their body and enforce their signed size.
+        if (
+            length is not None
+            and length > settings.max_body_bytes
+            and not request.path.startswith(STREAMED_BODY_PATHS)
+        ):
             return error_response(PayloadTooLarge(), request_id_var.get())
         try:
             return await handler(request)

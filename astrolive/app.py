@@ -19,11 +19,12 @@ from api.framework import (
     SERVICES,
     assert_all_routes_declared,
     install,
-    token_only,
 )
 from api.middleware import HTTP_METRICS, METRICS_REGISTRY, HttpMetrics, build_middlewares
 from api.routes import ROUTERS
+from api.storage import STORAGE, make_storage
 from astrolive.resources import close_services, open_services
+from auth.authenticator import authenticate
 from core.settings import Settings
 from realtime.server import SIO, SioEmitter, create_sio, register
 
@@ -40,14 +41,15 @@ def create_app(settings: Settings) -> web.Application:
     registry = CollectorRegistry()
     app[METRICS_REGISTRY] = registry
     app[HTTP_METRICS] = HttpMetrics(registry)
-    app[AUTHENTICATOR] = token_only
+    app[AUTHENTICATOR] = authenticate  # auth/authenticator.py: token + revoked/blocked check
+    app[STORAGE] = make_storage(settings)  # S3 when S3_BUCKET is set, else a local folder
     app[INFRA_PATHS] = {"/socket.io"}
 
     assert settings.redis_url, "resolve the services first"
     sio = create_sio(settings, settings.redis_url)
     sio.attach(app, socketio_path="socket.io")
     app[SIO] = sio
-    register(sio, lambda: app[SERVICES])
+    register(sio, lambda: app[SERVICES], app)
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(settings, SioEmitter(sio))
@@ -56,6 +58,18 @@ def create_app(settings: Settings) -> web.Application:
         await close_services(services)
 
     app.cleanup_ctx.append(services_ctx)
+
+    async def meter_ctx(app: web.Application) -> AsyncIterator[None]:
+        from billing.meter import running_loop  # the minute meter: charges due minutes
+
+        async with running_loop(app[SERVICES]):
+            yield
+
+    if settings.meter_loop:
+        app.cleanup_ctx.append(meter_ctx)
     install(app, ROUTERS)
+    from astrolive.console import setup_console  # the web console at / (astrolive/console.py)
+
+    setup_console(app)
     assert_all_routes_declared(app)
     return app

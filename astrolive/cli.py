@@ -72,13 +72,36 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from astrolive.worker import WorkerSettings
 
     settings = load_settings()
-    _use_uvloop()
     assert settings.redis_url
+    if args.check:
+        # Exit 0 while a worker's heartbeat (refreshed every health_check_interval) is fresh.
+        from workers.admin import worker_alive
+
+        alive = asyncio.run(worker_alive(settings.redis_url))
+        print("worker alive" if alive else "no live worker")
+        sys.exit(0 if alive else 1)
+    _use_uvloop()
     run_worker(
         WorkerSettings,  # type: ignore[arg-type]  # arq types settings_cls as WorkerSettingsType, a Protocol our class satisfies structurally
         redis_settings=redis_settings(settings.redis_url),
         ctx={"settings": settings},
     )
+
+
+def cmd_jobs_failed(args: argparse.Namespace) -> None:
+    from workers.admin import print_failed
+
+    settings = load_settings()
+    assert settings.redis_url
+    asyncio.run(print_failed(settings.redis_url, args.limit, args.json))
+
+
+def cmd_jobs_retry(args: argparse.Namespace) -> None:
+    from workers.admin import print_retry
+
+    settings = load_settings()
+    assert settings.redis_url
+    sys.exit(0 if asyncio.run(print_retry(settings.redis_url, args.job_id)) else 1)
 
 
 async def _migrate(settings: Settings) -> list[str]:
@@ -135,6 +158,32 @@ def cmd_run(args: argparse.Namespace) -> None:
     sys.exit(manager.returncode)
 
 
+async def _reconcile(settings: Settings) -> bool:
+    from billing.ledger import rollup_system_balances
+    from billing.reconcile import reconcile
+    from db.pool import connect
+
+    assert settings.database_url
+    conn = await connect(settings.database_url)
+    try:
+        await rollup_system_balances(conn)
+        report = await reconcile(conn)
+    finally:
+        await conn.close()
+    for finding in report.findings:
+        print(f"BREAK {finding.check} {finding.subject} {finding.details}")
+    print(f"checks: {report.counts()} ({report.seconds:.2f} s)")
+    return report.ok
+
+
+def cmd_reconcile(args: argparse.Namespace) -> None:
+    """Check the ledger's invariants; exit 1 on any break."""
+    settings = load_settings()
+    ok = asyncio.run(_reconcile(settings))
+    print("ledger ok" if ok else "LEDGER BROKEN")
+    sys.exit(0 if ok else 1)
+
+
 def cmd_with_services(args: argparse.Namespace) -> None:
     """Run a command with DATABASE_URL and REDIS_URL pointing at working servers."""
     load_settings()
@@ -152,7 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the web server (REST + Socket.IO)")
     serve.add_argument("--port", type=int, default=None)
     serve.set_defaults(fn=cmd_serve)
-    sub.add_parser("worker", help="run the arq worker").set_defaults(fn=cmd_worker)
+    worker = sub.add_parser("worker", help="run the arq worker")
+    worker.add_argument("--check", action="store_true", help="exit 0 if a worker is alive")
+    worker.set_defaults(fn=cmd_worker)
+    jobs = sub.add_parser("jobs", help="failed background jobs").add_subparsers(required=True)
+    failed = jobs.add_parser("failed", help="list failed jobs (kept for an hour)")
+    failed.add_argument("--limit", type=int, default=100)
+    failed.add_argument("--json", action="store_true")
+    failed.set_defaults(fn=cmd_jobs_failed)
+    retry = jobs.add_parser("retry", help="re-enqueue a failed job with the same arguments")
+    retry.add_argument("job_id")
+    retry.set_defaults(fn=cmd_jobs_retry)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
     admin = sub.add_parser("create-admin", help="make PHONE an admin (creating the account)")
     admin.add_argument("phone")
@@ -163,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="services + migrate + seed-demo + web + worker").set_defaults(
         fn=cmd_run
     )
+    sub.add_parser(
+        "reconcile", help="check the ledger's invariants; exit 1 on any break"
+    ).set_defaults(fn=cmd_reconcile)
     ws = sub.add_parser("with-services", help="run a command with the database and Redis resolved")
     ws.add_argument("command", nargs=argparse.REMAINDER)
     ws.set_defaults(fn=cmd_with_services)

@@ -85,8 +85,27 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = 60.0
     disconnect_grace_seconds: float = 60.0
     max_session_minutes: int = 0  # 0: no maximum but the wallet
+    # The minute meter (billing/meter.py). A claimed meter comes back to every process after the
+    # lease, so a dead process delays its sessions' next charge by at most this long.
+    meter_lease_seconds: float = 10.0
+    meter_batch_size: int = 500  # meters charged per ledger transaction
+    meter_concurrency: int = 2  # batches in flight per web process
+    meter_poll_seconds: float = 0.05  # how often an idle meter loop looks for due minutes
+    meter_sweep_seconds: float = 30.0  # periodic rebuild of Redis meters from PostgreSQL
+    meter_loop: bool = True  # run the meter loop in web processes
+    # Automatic refunds at finalization: `cause:max_billed_minutes:percent`, cause one of
+    # astrologer_ended, astrologer_disconnected, user_disconnected, any.
+    auto_refund_rules: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["astrologer_ended:1:100", "astrologer_disconnected:1:100"]
+    )
     cancel_full_refund_hours: float = 12.0
     slot_minutes: int = 30
+    # Consultations (consultations/): a late cancellation keeps this share of the booking hold;
+    # an astrologer without a heartbeat for presence_ttl_seconds is offline; a waitlist offer
+    # lasts waitlist_offer_seconds.
+    cancel_late_fee_percent: int = 50
+    presence_ttl_seconds: float = 90.0
+    waitlist_offer_seconds: float = 120.0
 
     # Gateways.
     stripe_api_key: str | None = None
@@ -97,6 +116,10 @@ class Settings(BaseSettings):
     razorpay_webhook_secret: str | None = None
     razorpay_api_base: str | None = None
     test_gateway: bool | None = None
+    test_gateway_delay_seconds: float = 2.0  # the test gateway "pays" this long after creation
+    recharge_min_amount: int = 1_000  # ₹10.00
+    recharge_max_amount: int = 10_000_000  # ₹1,00,000.00
+    payout_provider: str = "local"  # local: a fake provider that pays at once
 
     # Files, push, real-time.
     s3_bucket: str | None = None
@@ -107,12 +130,28 @@ class Settings(BaseSettings):
     fcm_access_token: str | None = None
     email_provider: str = "log"  # log | ses
     email_from: str = "no-reply@astrolive.local"
+    # Notification delivery (notify/, workers/notifications.py). A claim older than the lease is
+    # taken over (a killed worker), so the lease must outlast one provider call's timeout.
+    notify_send_timeout_seconds: float = 10.0
+    notify_claim_lease_seconds: float = 30.0
+    notify_retry_base_seconds: float = 2.0  # first retry after ~2 s, doubling, with jitter
+    notify_retry_max_seconds: float = 300.0
+    follow_online_debounce_seconds: int = 1800  # followers hear "online" once per 30 min at most
+    # The worker's own Prometheus endpoint (job counts, failures, durations); 0 turns it off.
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = 9191
     stun_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["stun:stun.l.google.com:19302"]
     )
     turn_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     turn_secret: str | None = None
     turn_ttl_seconds: int = 3600
+    # Real-time layer (realtime/): see realtime/keys.py for why each default is what it is.
+    chat_after_end_seconds: float = 600.0  # the astrologer may still write 10 min after the end
+    realtime_heartbeat_seconds: float = 10.0  # presence / meter refresh per connection
+    realtime_events_per_second: float = 20.0  # token bucket refill per connection
+    realtime_event_burst: int = 60  # token bucket size per connection
+    realtime_max_queued_packets: int = 2000  # slow consumer: disconnected past this many queued
 
     @field_validator(
         "cors_origins",
@@ -120,6 +159,7 @@ class Settings(BaseSettings):
         "stun_urls",
         "turn_urls",
         "jwt_previous_secrets",
+        "auto_refund_rules",
         mode="before",
     )
     @classmethod

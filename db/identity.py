@@ -1,5 +1,6 @@
 """Users and their logins: the SQL that the API (sign-in, profiles) and the real-time layer (connect
-checks) share. Only this module writes `users`, `auth_sessions` and `refresh_tokens`."""
+checks) share. Besides this module, only `auth/` writes `users` (profile fields, status, Cognito
+link), `auth_sessions` and `refresh_tokens` (auth/sessions.py: logins, rotation, revocation)."""
 
 from __future__ import annotations
 

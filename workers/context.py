@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
+from aiohttp import web
 from arq.connections import ArqRedis
 
 from core.services import Services
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from notify.channels import Channel, ChannelKind
+    from workers.metrics import WorkerMetrics
 
 
 class JobContext(TypedDict, total=False):
@@ -19,6 +24,9 @@ class JobContext(TypedDict, total=False):
     score: int
     settings: Settings  # set by `astrolive worker`
     services: Services  # opened in on_startup
+    metrics: WorkerMetrics  # made in on_startup; every job is counted and timed in it
+    metrics_server: web.AppRunner  # serves `metrics` on WORKER_METRICS_PORT; closed on shutdown
+    notify_channels: dict[ChannelKind, Channel]  # built on first use by workers.notifications
 
 
 def services_of(ctx: JobContext) -> Services:

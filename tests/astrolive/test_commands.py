@@ -142,8 +142,23 @@ async def test_database_is_created_when_missing(database_url: str) -> None:
 
 
 @pytest.mark.filterwarnings("ignore")
-async def test_newcomer_path_uses_embedded_services(tmp_path: Any) -> None:
-    """With no local servers, migrate runs against an embedded PostgreSQL and Redis."""
+async def test_newcomer_path_uses_embedded_services() -> None:
+    """With no local servers, migrate runs against an embedded PostgreSQL and Redis.
+
+    The data lives under the project's .data as in real use: run as root, pgserver runs PostgreSQL
+    as a system user that must be able to reach the folder (a private /tmp/pytest-of-root is not)."""
+    import shutil
+    from pathlib import Path
+
+    tmp_path = Path(".data") / f"test-embedded-{os.urandom(4).hex()}"
+    tmp_path.mkdir(parents=True)
+    try:
+        await _migrate_embedded(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+async def _migrate_embedded(tmp_path: Any) -> None:
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
         "ASTROLIVE_FORCE_EMBEDDED": "1",

@@ -1,0 +1,119 @@
+"""Admin: the astrologer verification queue and decisions, and blocking people. Audited."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from api.astrologer_profile import DocumentOut, ProfileOut
+from api.framework import Call, Router
+from api.models import Input, ListQuery, Output, Page, decode_cursor, encode_cursor
+from api.storage import STORAGE
+from auth import admin, profiles
+from core.errors import ValidationFailed
+
+router = Router("admin")
+
+
+class QueueQuery(ListQuery):
+    verification: Literal["pending", "approved", "rejected"] = "pending"
+
+
+class QueueItemOut(ProfileOut):
+    phone: str
+    documents: list[DocumentOut]
+
+
+class DecisionIn(Input):
+    decision: Literal["approve", "reject"]
+    reason: str | None = Field(None, min_length=1, max_length=1000)
+
+
+class BlockIn(Input):
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+class Done(Output):
+    ok: bool = True
+
+
+@router.get("/v1/admin/astrologers", access="admin", query=QueueQuery, response=Page[QueueItemOut])
+async def verification_queue(call: Call) -> Page[QueueItemOut]:
+    """GET /v1/admin/astrologers?verification=pending
+
+    The review queue, oldest submission first, each with its documents' download URLs."""
+    query = call.query(QueueQuery)
+    after = None
+    if query.cursor:
+        raw_at, raw_id = decode_cursor(query.cursor, 2)
+        try:
+            after = (datetime.fromisoformat(str(raw_at)), uuid.UUID(str(raw_id)))
+        except ValueError as exc:
+            raise ValidationFailed({"cursor": "invalid cursor"}) from exc
+    db = call.services.db
+    items = await admin.verification_queue(
+        db, query.verification, limit=query.limit + 1, after=after
+    )
+    page, more = items[: query.limit], len(items) > query.limit
+    docs = profiles.group_documents(
+        await profiles.documents_of(db, [i.profile.user_id for i in page])
+    )
+    storage = call.request.app[STORAGE]
+    out = [
+        QueueItemOut(
+            **ProfileOut.of(i.profile).model_dump(),
+            phone=i.phone,
+            documents=[DocumentOut.of(d, storage) for d in docs.get(i.profile.user_id, [])],
+        )
+        for i in page
+    ]
+    last = page[-1].profile if page else None
+    cursor = (
+        encode_cursor(last.updated_at.isoformat(), str(last.user_id)) if more and last else None
+    )
+    return Page[QueueItemOut](items=out, next_cursor=cursor)
+
+
+@router.post(
+    "/v1/admin/astrologers/{id}/verification",
+    access="admin",
+    body=DecisionIn,
+    response=ProfileOut,
+)
+async def decide(call: Call) -> ProfileOut:
+    """POST /v1/admin/astrologers/{id}/verification
+
+    Approve or reject (with a reason, shown to the astrologer) a profile; recorded in the audit
+    log."""
+    body = call.body(DecisionIn)
+    profile = await admin.decide_verification(
+        call.services, call.principal.user_id, call.uuid("id"), body.decision, body.reason
+    )
+    return ProfileOut.of(profile)
+
+
+@router.post("/v1/admin/users/{id}/block", access="admin", body=BlockIn, response=Done)
+async def block_user(call: Call) -> Done:
+    """POST /v1/admin/users/{id}/block
+
+    Block a person: every login is revoked and their tokens are refused at once. Audited."""
+    body = call.body(BlockIn)
+    await admin.set_user_blocked(
+        call.services, call.principal.user_id, call.uuid("id"), True, body.reason
+    )
+    return Done()
+
+
+@router.post("/v1/admin/users/{id}/unblock", access="admin", body=BlockIn, response=Done)
+async def unblock_user(call: Call) -> Done:
+    """POST /v1/admin/users/{id}/unblock
+
+    Let a blocked person sign in again (old logins stay revoked). Audited."""
+    body = call.body(BlockIn)
+    await admin.set_user_blocked(
+        call.services, call.principal.user_id, call.uuid("id"), False, body.reason
+    )
+    return Done()

@@ -1,0 +1,156 @@
+"""Razorpay: orders, payments and refunds through the razorpay SDK (sync, requests), run in a
+thread; payment and webhook signatures verified with the SDK's `Utility`.
+
+Payment signature: HMAC-SHA256(`order_id|payment_id`, key secret). Webhook signature:
+HMAC-SHA256(raw body, webhook secret). Razorpay has no idempotency key for refunds, so ours
+travels as the refund's `receipt` and an existing refund with that receipt is adopted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import razorpay
+import requests
+from razorpay.errors import BadRequestError, ServerError, SignatureVerificationError
+from razorpay.errors import GatewayError as RzpGatewayError
+
+from billing.gateways.base import (
+    GatewayError,
+    GatewayOrder,
+    GatewayUnavailable,
+    Outcome,
+    PaymentState,
+    RefundState,
+    SignatureInvalid,
+)
+
+T = TypeVar("T")
+HTTP_TIMEOUT_SECONDS = 15  # a call slower than this is "unavailable"; the job retries
+
+_PAYMENT_OUTCOMES: dict[str, Outcome] = {
+    "captured": "succeeded",
+    "refunded": "succeeded",  # it was captured; refunds are ours to account for
+    "failed": "failed",
+}
+_REFUND_OUTCOMES: dict[str, Outcome] = {"processed": "succeeded", "failed": "failed"}
+
+
+class RazorpayGateway:
+    name = "razorpay"
+
+    def __init__(self, key_id: str, key_secret: str, *, api_base: str | None) -> None:
+        self.key_id = key_id
+        self.key_secret = key_secret
+        self.api_base = api_base
+
+    def _client(self) -> Any:
+        options = {"base_url": self.api_base} if self.api_base else {}
+        return razorpay.Client(auth=(self.key_id, self.key_secret), **options)
+
+    async def _call(self, fn: Callable[[Any], T]) -> T:
+        def run() -> T:
+            return fn(self._client())
+
+        try:
+            return await asyncio.to_thread(run)
+        except (ServerError, RzpGatewayError, requests.RequestException) as exc:
+            raise GatewayUnavailable(details={"gateway": "razorpay"}) from exc
+        except BadRequestError as exc:
+            raise GatewayError(str(exc), details={"gateway": "razorpay"}) from exc
+
+    async def create_order(
+        self, *, recharge_id: uuid.UUID, total: int, currency: str, idempotency_key: str
+    ) -> GatewayOrder:
+        data = {
+            "amount": total,
+            "currency": currency,
+            "receipt": str(recharge_id),
+            "notes": {"recharge_id": str(recharge_id), "key": idempotency_key},
+        }
+        order = await self._call(lambda c: c.order.create(data, timeout=HTTP_TIMEOUT_SECONDS))
+        return GatewayOrder(order_id=str(order["id"]))
+
+    async def payment_state(self, *, order_id: str, payment_id: str | None) -> PaymentState:
+        if payment_id is None:
+            found = await self._call(
+                lambda c: c.order.payments(order_id, timeout=HTTP_TIMEOUT_SECONDS)
+            )
+            items = found.get("items", [])
+            captured = [p for p in items if p.get("status") in ("captured", "refunded")]
+            if not captured:
+                return PaymentState("pending", None, None, None)
+            payment = captured[0]
+        else:
+            payment = await self._call(
+                lambda c: c.payment.fetch(payment_id, timeout=HTTP_TIMEOUT_SECONDS)
+            )
+        if payment.get("order_id") != order_id:
+            raise GatewayError("the payment belongs to another order")
+        outcome = _PAYMENT_OUTCOMES.get(str(payment.get("status")), "pending")
+        reason = payment.get("error_description") if outcome == "failed" else None
+        return PaymentState(
+            outcome,
+            str(payment["id"]),
+            int(payment["amount"]),
+            str(payment.get("currency", "")).upper() or None,
+            reason,
+        )
+
+    async def create_refund(
+        self, *, payment_id: str, amount: int, currency: str, idempotency_key: str
+    ) -> RefundState:
+        existing = await self._call(
+            lambda c: c.payment.fetch_multiple_refund(payment_id, timeout=HTTP_TIMEOUT_SECONDS)
+        )
+        for refund in existing.get("items", []):
+            if refund.get("receipt") == idempotency_key:
+                return _refund_state(refund)
+        data = {"amount": amount, "receipt": idempotency_key, "notes": {"key": idempotency_key}}
+        created = await self._call(
+            lambda c: c.payment.refund(payment_id, data, timeout=HTTP_TIMEOUT_SECONDS)
+        )
+        return _refund_state(created)
+
+    async def refund_state(self, *, payment_id: str, refund_id: str) -> RefundState:
+        refund = await self._call(lambda c: c.refund.fetch(refund_id, timeout=HTTP_TIMEOUT_SECONDS))
+        return _refund_state(refund)
+
+
+def _refund_state(refund: dict[str, Any]) -> RefundState:
+    outcome = _REFUND_OUTCOMES.get(str(refund.get("status")), "pending")
+    return RefundState(str(refund["id"]), outcome, "failed" if outcome == "failed" else None)
+
+
+def verify_payment(order_id: str, payment_id: str, signature: str, key_secret: str) -> None:
+    """Check the checkout callback's signature; `SignatureInvalid` when it is not Razorpay's."""
+    utility = razorpay.Utility(razorpay.Client(auth=("", key_secret)))
+    try:
+        utility.verify_payment_signature(
+            {
+                "razorpay_order_id": order_id,
+                "razorpay_payment_id": payment_id,
+                "razorpay_signature": signature,
+            }
+        )
+    except SignatureVerificationError as exc:
+        raise SignatureInvalid() from exc
+
+
+def verify_webhook(raw: bytes, header: str | None, secret: str | None) -> dict[str, Any]:
+    """The event of a Razorpay webhook, after its signature over the RAW body verified."""
+    if not header or not secret:
+        raise SignatureInvalid("missing X-Razorpay-Signature header or webhook secret")
+    try:
+        body = raw.decode("utf-8")
+        razorpay.Utility(None).verify_webhook_signature(body, header, secret)
+        event = json.loads(body)
+    except (SignatureVerificationError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SignatureInvalid() from exc
+    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+        raise SignatureInvalid("the signed body is not a Razorpay event")
+    return event

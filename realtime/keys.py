@@ -1,0 +1,53 @@
+"""Every Redis key and every number of the real-time layer, each with the reason for its value."""
+
+from __future__ import annotations
+
+import uuid
+
+# Fan-out between web processes (and from workers): python-socketio's Redis pub/sub channel.
+SIO_CHANNEL = "astrolive-sio"
+
+# Rooms. A connection is in `user:{id}` (every device of a person) and `presence` from connect on;
+# `consultation:join` adds `consultation:{id}` (chat fan-out) and `consultation:{id}:user:{id}`
+# (WebRTC signalling goes only to the other participant's sockets in that consultation).
+PRESENCE_ROOM = "presence"
+
+
+def user_room(user_id: uuid.UUID | str) -> str:
+    return f"user:{user_id}"
+
+
+def consultation_room(consultation_id: uuid.UUID | str) -> str:
+    return f"consultation:{consultation_id}"
+
+
+def participant_room(consultation_id: uuid.UUID | str, user_id: uuid.UUID | str) -> str:
+    return f"consultation:{consultation_id}:user:{user_id}"
+
+
+# A live socket of a user, refreshed by the connection's heartbeat loop. The disconnect handler is
+# not reliable under aiohttp (and never runs when a process dies), so liveness is a TTL, not an
+# event: three missed heartbeats (RealtimeSettings.heartbeat_seconds each) and the key is gone.
+LIVE_SOCKET_MISSES = 3
+
+
+def live_socket_key(user_id: uuid.UUID | str, sid: str) -> str:
+    """`rt:live:{user}:{sid}` = the process host id; TTL heartbeat * LIVE_SOCKET_MISSES."""
+    return f"rt:live:{user_id}:{sid}"
+
+
+def live_socket_pattern(user_id: uuid.UUID | str) -> str:
+    return f"rt:live:{user_id}:*"
+
+
+# Payload caps, below engine.io's max_http_buffer_size (64 KiB) so that a validation error, not a
+# dropped connection, answers a merely large event.
+MAX_SDP_CHARS = 32_000  # a full SDP with many candidates and simulcast is ~10 KB; 3x headroom
+MAX_CANDIDATE_CHARS = 1_024  # an ICE candidate line is ~100-200 chars
+MAX_ID_CHARS = 64  # client_msg_id, sdpMid
+
+# Pre-call echo test (aiortc): one per connection, and never longer than this, so a forgotten test
+# does not hold server CPU and a UDP port.
+ECHO_MAX_SECONDS = 60.0
+# How often the echo peer polls its RTCP stats for a round-trip time to report.
+ECHO_STATS_INTERVAL_SECONDS = 0.5

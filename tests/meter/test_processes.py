@@ -1,0 +1,162 @@
+"""The meter across real server processes: `kill -9` of the process charging a session, with a
+second process running, loses no minute and doubles none."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from core.services import Services
+from core.settings import Settings
+from db import embedded
+from db.identity import get_user
+from tests.factories import token_for
+from tests.meter.support import (
+    accepted_consultation,
+    assert_each_minute_once,
+    consultation,
+    heartbeats,
+    start,
+    wait_for,
+)
+
+MINUTE = 0.5
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+class Server:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = embedded.free_port()
+        self.log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "astrolive", "serve", "--port", str(self.port)],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.process_id = f"{socket.gethostname()}:{self.proc.pid}"
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def ready(self, within: float = 20) -> None:
+        deadline = time.monotonic() + within
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, "server exited"
+                try:
+                    async with http.get(self.url + "/healthz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError("server did not start")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def server_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=str(settings.database_url),
+        REDIS_URL=str(settings.redis_url),
+        JWT_SECRET=str(settings.jwt_secret),
+        BILLING_MINUTE_SECONDS=str(MINUTE),
+        DISCONNECT_GRACE_SECONDS="5",
+        METER_LEASE_SECONDS="1",
+        LOG_FORMAT="text",
+        LOG_LEVEL="WARNING",
+        DATA_DIR=str(tmp_path / "server-data"),
+        ASTROLIVE_ENV="development",
+    )
+    return env
+
+
+@pytest.fixture
+def servers(server_env: dict[str, str], tmp_path: Path) -> Iterator[list[Server]]:
+    started = [Server(server_env, tmp_path / f"server{i}.log") for i in range(2)]
+    try:
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+async def _charged_by(db: asyncpg.Pool[Any], cid: Any) -> list[tuple[int, str]]:
+    rows = await db.fetch(
+        "SELECT minute, details->>'by' AS by FROM meter_events"
+        " WHERE consultation_id = $1 AND kind = 'charge' ORDER BY minute",
+        cid,
+    )
+    return [(r["minute"], r["by"]) for r in rows]
+
+
+async def test_kill_9_of_the_charging_process_loses_and_doubles_no_minute(
+    servers: list[Server], services: Services, db: asyncpg.Pool[Any], settings: Settings
+) -> None:
+    for server in servers:
+        await server.ready()
+    victim, survivor = servers
+    s = await accepted_consultation(db, rate=100, wallet=100_000)
+    async with heartbeats(services, s):
+        await start(services, s)  # minute 1 here; the servers' loops charge the rest
+
+        async def victim_charged() -> bool:
+            return any(by == victim.process_id for _, by in await _charged_by(db, s.id))
+
+        await wait_for(victim_charged, within=30)
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        killed_at = time.time()
+        await asyncio.sleep(8 * MINUTE)
+        account = await get_user(db, s.user_id)
+        assert account is not None
+        token = await token_for(db, settings, account)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{survivor.url}/v1/consultations/{s.id}/end",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+            body = await resp.json()
+    assert body["status"] == "completed"
+    assert body["end_reason"] == "user_ended"
+    n = await assert_each_minute_once(db, s.id)
+    c = await consultation(db, s.id)
+    assert (c["billed_minutes"], c["total_charged"]) == (n, n * 100)
+    charged = await _charged_by(db, s.id)
+    after_kill = [m for m, by in charged if by == survivor.process_id]
+    assert len(after_kill) >= 6, charged  # the survivor took over every minute after the kill
+    # No minute waited longer than the lease plus a little for the survivor to take it over.
+    lags = await db.fetch(
+        "SELECT minute, extract(epoch FROM at - due_at)::float AS lag FROM meter_events"
+        " WHERE consultation_id = $1 AND kind = 'charge' AND at > to_timestamp($2)",
+        s.id,
+        killed_at,
+    )
+    assert max(r["lag"] for r in lags) < 1.0 + 1.0, lags
