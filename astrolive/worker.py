@@ -85,7 +85,10 @@ async def noop(ctx: JobContext) -> str:
 job(noop)
 
 # Ledger: system balances rolled up and due holds expired every minute; the invariants checked
-# every 10 minutes (a full scan: its own longer timeout). Breaks log at error.
+# every 10 minutes. Breaks log at error. arq locks EVERY job for (the largest job timeout + 10 s),
+# so no job here may have a timeout over 50 s, or a killed worker's money jobs would come back
+# later than a minute; `test_a_killed_workers_jobs_come_back_within_a_minute` holds that line.
+# A ledger too large to check in 45 s should be reconciled by `astrolive reconcile` instead.
 CRON_JOBS += [
     arq_cron(cast(WorkerCoroutine, rollup_system_balances_job), second=5),
     arq_cron(cast(WorkerCoroutine, expire_holds_job), second=35),
@@ -93,7 +96,7 @@ CRON_JOBS += [
         cast(WorkerCoroutine, reconcile_ledger_job),
         minute=set(range(0, 60, 10)),
         second=50,
-        timeout=600,
+        timeout=45,
     ),
 ]
 
@@ -120,7 +123,7 @@ from workers.sessions import finalize_consultation, sweep_meters  # noqa: E402  
 # meters from PostgreSQL every minute and once when the worker starts (run_at_startup).
 job(finalize_consultation)
 CRON_JOBS.append(
-    arq_cron(cast(WorkerCoroutine, sweep_meters), second=40, timeout=60, run_at_startup=True)
+    arq_cron(cast(WorkerCoroutine, sweep_meters), second=40, timeout=45, run_at_startup=True)
 )
 
 from workers import payments  # noqa: E402  # job modules register after `job` exists

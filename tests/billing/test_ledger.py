@@ -448,20 +448,25 @@ async def test_charge_dataclass_is_the_meters_interface() -> None:
 
 async def test_database_refuses_entries_of_unknown_transfers_or_accounts(db: Pool) -> None:
     s = await make_session(db, funded=100)
-    transfer = await db.fetchval("SELECT transfer_id FROM entries LIMIT 1")
+    earnings = await _earnings(db, s.astrologer)
     with pytest.raises(asyncpg.ForeignKeyViolationError, match="unknown transfer"):
         await db.execute(
             "INSERT INTO entries (transfer_id, account_id, amount)"
-            " VALUES ($1, $2, 5), ($1, $2, -5)",
+            " VALUES ($1, $2, 5), ($1, $3, -5)",
             uuid.uuid4(),
             s.wallet,
+            earnings,
         )
+    transfer = await db.fetchval(
+        "INSERT INTO transfers (idempotency_key, request_hash, kind) VALUES ('raw', '', 'x')"
+        " RETURNING id"
+    )
     with pytest.raises(asyncpg.ForeignKeyViolationError, match="unknown account"):
         await db.execute(
             "INSERT INTO entries (transfer_id, account_id, amount)"
             " VALUES ($1, $2, 5), ($1, $3, -5)",
             transfer,
-            s.wallet,
+            earnings,
             uuid.uuid4(),
         )
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="never deleted"):

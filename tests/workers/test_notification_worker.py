@@ -236,13 +236,6 @@ def test_worker_settings_are_hardened() -> None:
     assert all(getattr(f.coroutine, "__wrapped__", None) for f in WorkerSettings.functions)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the ledger's reconcile cron has timeout=600, and arq derives ONE in-progress lock "
-    "for every job from the largest timeout (610 s): a killed worker's jobs come back after "
-    "10 minutes, not within the minute issue 8 asks. Give reconcile its own worker/queue or a "
-    "shorter timeout; then remove this xfail.",
-)
 def test_a_killed_workers_jobs_come_back_within_a_minute() -> None:
     jobs = [*WorkerSettings.functions, *WorkerSettings.cron_jobs]
     longest = max(j.timeout_s or WorkerSettings.job_timeout for j in jobs)
