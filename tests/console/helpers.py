@@ -46,7 +46,7 @@ async def new_page(
         viewport=PHONE_VIEWPORT if phone_sized else DESKTOP_VIEWPORT,
         permissions=["camera", "microphone"],
     )
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(20_000)  # generous: CI machines run other suites too
     page = await context.new_page()
     watched = Watched(page)
     if prepare is not None:

@@ -15,7 +15,8 @@ export async function loadClient() {
     const mod = await import("/vendor/socket.io.js");
     ioFactory = mod.io;
   } catch (cause) {
-    loadProblem = `the real-time client did not load (${cause.message})`;
+    loadProblem = `the real-time client did not load (${cause.message}): ` +
+      "run npm install in astrolive/static and reload";
     try {
       const resp = await fetch("/vendor/socket.io.js");
       const body = await resp.json();
