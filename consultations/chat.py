@@ -3,20 +3,24 @@
 
 Order and exactly-once, from the database outwards:
 - `seq` comes from the consultation's counter row, bumped in the very statement that inserts the
-  message; a failed insert rolls its bump back, so seqs never skip nor repeat, whoever sends.
+  message; a failed insert rolls its bump back, so seqs never skip nor repeat, whoever sends. The
+  counter row stays locked until the inserting transaction commits, so when seq N is visible,
+  every seq below N is already committed (the real-time relay relies on this to fill gaps).
 - `client_msg_id` is unique per (consultation, sender): a resend finds the stored row and gets the
   same `seq` back.
-- Delivery order: `send_and_deliver` holds a per-consultation advisory lock (a session lock on the
-  pooled connection) from before the insert until `deliver` has published the message, so the
-  publishes of one consultation happen in seq order; Redis pub/sub then hands them to every web
-  process in that order (see realtime/server.py).
+- `ChatWriter` is the group commit of one process: the messages sent while a batch is in flight
+  are stored together by the next batch, in one statement and one commit, each with its seq, in
+  the order they were submitted. Delivery order is not decided here: every receiving process
+  emits one consultation's messages in seq order (realtime/relay.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,13 +29,14 @@ import asyncpg
 from core.errors import Conflict, NotFound
 from db.pool import Executor
 
+log = logging.getLogger(__name__)
+
 MAX_TEXT_CHARS = 4000
 MAX_CLIENT_MSG_ID_CHARS = 64
 HISTORY_MAX = 500  # one history page; a client asks again with the last seq it got
-
-# The lock class of session advisory locks taken here (= this package's migration number), so they
-# never collide with another package's advisory locks.
-CHAT_LOCK_CLASS = 6
+# Messages stored by one group commit at most: one statement of a few hundred rows takes a couple of
+# milliseconds, and a bigger batch would only make its first messages wait longer for their ack.
+BATCH_MAX = 256
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -143,7 +148,43 @@ ON CONFLICT (consultation_id, user_id)
 DO UPDATE SET up_to_seq = greatest(r.up_to_seq, EXCLUDED.up_to_seq), updated_at = now()
 RETURNING up_to_seq
 """
-LOCK = "SELECT pg_advisory_lock($1, hashtext($2::text))"
+# The group commit (ChatWriter): the same checks as SEND for every message of the batch, then one
+# counter bump per consultation by its number of new messages, and the messages numbered in the
+# order they were submitted ($1..$4 are parallel arrays). Already stored client_msg_ids and refused
+# messages are left out (no row returned): the writer answers those one by one with SEND. Counter
+# rows are locked in consultation id order, so two processes' batches never deadlock; a unique
+# violation (the same resend racing on another process) aborts the whole statement, and the writer
+# then stores the batch one message at a time.
+SEND_BATCH = f"""
+WITH input AS (
+    SELECT t.cid, t.sender, t.cmid, t.body, t.ord
+      FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[])
+           WITH ORDINALITY AS t(cid, sender, cmid, body, ord)
+), allowed AS MATERIALIZED (
+    SELECT i.cid, i.sender, i.cmid, i.body,
+           row_number() OVER (PARTITION BY i.cid ORDER BY i.ord) AS rn,
+           count(*) OVER (PARTITION BY i.cid) AS n
+      FROM input i
+      JOIN consultations k ON k.id = i.cid
+     WHERE i.sender IN (k.user_id, k.astrologer_id)
+       AND (k.status IN ('accepted', 'active')
+            OR (k.status = 'completed' AND i.sender = k.astrologer_id
+                AND k.ended_at > now() - make_interval(secs => $5::float8)))
+       AND NOT EXISTS (SELECT 1 FROM chat_messages m
+                        WHERE m.consultation_id = i.cid AND m.sender_id = i.sender
+                          AND m.client_msg_id = i.cmid)
+), bump AS (
+    INSERT INTO chat_counters AS c (consultation_id, last_seq)
+    SELECT cid, max(n) FROM allowed GROUP BY cid ORDER BY cid
+    ON CONFLICT (consultation_id) DO UPDATE SET last_seq = c.last_seq + EXCLUDED.last_seq
+    RETURNING consultation_id, last_seq
+)
+INSERT INTO chat_messages (consultation_id, seq, sender_id, client_msg_id, body)
+SELECT a.cid, b.last_seq - a.n + a.rn, a.sender, a.cmid, a.body
+  FROM allowed a JOIN bump b ON b.consultation_id = a.cid
+ ORDER BY a.cid, a.rn
+RETURNING {MESSAGE_COLUMNS}
+"""
 
 
 async def room_for_participant(
@@ -203,41 +244,188 @@ async def send_message(
     )
 
 
-async def send_and_deliver(
-    pool: asyncpg.Pool[Any],
-    consultation_id: uuid.UUID,
-    sender_id: uuid.UUID,
-    client_msg_id: str,
-    text: str,
-    *,
-    after_end_seconds: float,
-    deliver: Callable[[ChatMessage], Awaitable[None]],
-) -> tuple[ChatMessage, bool]:
-    """`send_message`, then `deliver(message)` for a new message, both under the consultation's
-    advisory lock, so that deliveries of one consultation start in seq order across processes.
+Stored = Callable[[list[tuple["ChatMessage", Any]]], None]
 
-    The lock is a session lock on a pooled connection: the pool's reset on release
-    (`pg_advisory_unlock_all()`) drops it even if `deliver` raises."""
-    async with pool.acquire() as conn:
-        await conn.execute(LOCK, CHAT_LOCK_CLASS, str(consultation_id))
+
+@dataclass
+class _Pending:
+    """A message waiting for the group commit; `waiters` get its (message, created) result."""
+
+    consultation_id: uuid.UUID
+    sender_id: uuid.UUID
+    client_msg_id: str
+    text: str
+    tag: Any
+    waiters: list[asyncio.Future[tuple[ChatMessage, bool]]] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[uuid.UUID, uuid.UUID, str]:
+        return (self.consultation_id, self.sender_id, self.client_msg_id)
+
+
+class ChatWriter:
+    """The group commit of one process: `send` queues a message; one task stores everything queued
+    in one statement (SEND_BATCH) on a connection it keeps, calls `on_stored` with the new messages
+    (in seq order per consultation, each with the `tag` it was sent with) right after the commit,
+    then answers every waiting `send`. One batch at a time, so a sender's messages get seqs in the
+    order it sent them, across batches too.
+
+    A message sent again while its first copy is still queued or in flight is the same message (the
+    second `send` gets `created=False`). Anything the batch statement leaves out or fails on is
+    stored or answered one message at a time with `send_message`, which gives the exact answer:
+    the stored copy of a resend, `NotFound`, `Conflict consultation_not_active`, or the error."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        *,
+        after_end_seconds: float,
+        on_stored: Stored,
+        max_batch: int = BATCH_MAX,
+    ) -> None:
+        self.pool = pool
+        self.after_end_seconds = after_end_seconds
+        self.on_stored = on_stored
+        self.max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._queued: dict[tuple[uuid.UUID, uuid.UUID, str], _Pending] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._conn: Any = None  # the pooled connection the batches run on (PoolConnectionProxy)
+        self._cycle: asyncio.Future[None] | None = None
+        self.batches = 0  # batches stored since start (for tests and benchmarks)
+
+    async def send(
+        self,
+        consultation_id: uuid.UUID,
+        sender_id: uuid.UUID,
+        client_msg_id: str,
+        text: str,
+        tag: Any = None,
+    ) -> tuple[ChatMessage, bool]:
+        """Store a message; returns it and whether it is new. Queues it without suspending, so
+        messages are stored in the order `send` was called."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[tuple[ChatMessage, bool]] = loop.create_future()
+        key = (consultation_id, sender_id, client_msg_id)
+        item = self._queued.get(key)
+        if item is None:
+            item = _Pending(consultation_id, sender_id, client_msg_id, text, tag)
+            self._queue.append(item)
+            self._queued[key] = item
+            if self._task is None:
+                self._task = asyncio.create_task(self._run())
+        item.waiters.append(waiter)
+        return await waiter
+
+    async def settled(self) -> None:
+        """Wait until the batch in flight now (if any) has been stored and handed to `on_stored`."""
+        if self._cycle is not None:
+            await asyncio.shield(self._cycle)
+
+    async def close(self) -> None:
+        """Finish what is queued, then give the connection back to the pool."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        await self._drop_connection()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            message, created = await send_message(
-                conn,
-                consultation_id,
-                sender_id,
-                client_msg_id,
-                text,
-                after_end_seconds=after_end_seconds,
-            )
-            if created:
-                await deliver(message)
+            while self._queue:
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                self._cycle = loop.create_future()
+                try:
+                    results = await self._store(batch)
+                finally:
+                    for item in batch:
+                        self._queued.pop(item.key, None)
+                    self._cycle.set_result(None)
+                    self._cycle = None
+                    self.batches += 1
+                self._answer(batch, results)
         finally:
-            await conn.execute(
-                "SELECT pg_advisory_unlock($1, hashtext($2::text))",
-                CHAT_LOCK_CLASS,
-                str(consultation_id),
+            self._task = None
+
+    async def _store(self, batch: list[_Pending]) -> list[tuple[ChatMessage, bool] | BaseException]:
+        """Store a batch and hand its new messages to `on_stored`; one result per item."""
+        rows: list[asyncpg.Record] | None = None
+        try:
+            conn = await self._connection()
+            rows = await conn.fetch(
+                SEND_BATCH,
+                [i.consultation_id for i in batch],
+                [i.sender_id for i in batch],
+                [i.client_msg_id for i in batch],
+                [i.text for i in batch],
+                self.after_end_seconds,
             )
-    return message, created
+        except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+            log.info("chat batch stored one by one", exc_info=True)  # a racing resend; rare
+        except Exception:
+            log.warning("chat batch failed; storing one by one", exc_info=True)
+            await self._drop_connection()
+        stored: dict[tuple[uuid.UUID, uuid.UUID, str], ChatMessage] = {}
+        for row in rows or ():
+            message = ChatMessage.from_row(row)
+            stored[(message.consultation_id, message.sender_id, message.client_msg_id)] = message
+        results: list[tuple[ChatMessage, bool] | BaseException] = []
+        new: list[tuple[ChatMessage, Any]] = []
+        for item in batch:
+            message_or_none = stored.get(item.key)
+            if message_or_none is not None:
+                results.append((message_or_none, True))
+                new.append((message_or_none, item.tag))
+                continue
+            try:  # left out (a resend, refused) or the batch failed: the exact answer, alone
+                message, created = await send_message(
+                    self.pool,
+                    item.consultation_id,
+                    item.sender_id,
+                    item.client_msg_id,
+                    item.text,
+                    after_end_seconds=self.after_end_seconds,
+                )
+            except Exception as exc:
+                results.append(exc)
+                continue
+            results.append((message, created))
+            if created:
+                new.append((message, item.tag))
+        if new:
+            new.sort(key=lambda pair: (pair[0].consultation_id, pair[0].seq))
+            try:
+                self.on_stored(new)
+            except Exception:  # stored is stored: the ack still goes out; receivers catch up
+                log.exception("chat delivery hand-off failed")
+        return results
+
+    @staticmethod
+    def _answer(
+        batch: Sequence[_Pending], results: Sequence[tuple[ChatMessage, bool] | BaseException]
+    ) -> None:
+        for item, result in zip(batch, results, strict=True):
+            for n, waiter in enumerate(item.waiters):
+                if waiter.done():  # the sender went away; the message is stored all the same
+                    continue
+                if isinstance(result, BaseException):
+                    waiter.set_exception(result)
+                else:
+                    # Later copies of a message queued twice are resends of the first.
+                    waiter.set_result(result if n == 0 else (result[0], False))
+
+    async def _connection(self) -> Any:
+        if self._conn is None or self._conn.is_closed():
+            await self._drop_connection()
+            self._conn = await self.pool.acquire()
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await self.pool.release(conn)
+            except Exception:
+                log.warning("could not release the chat writer connection", exc_info=True)
 
 
 async def history(
