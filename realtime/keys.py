@@ -51,3 +51,19 @@ MAX_ID_CHARS = 64  # client_msg_id, sdpMid
 ECHO_MAX_SECONDS = 60.0
 # How often the echo peer polls its RTCP stats for a round-trip time to report.
 ECHO_STATS_INTERVAL_SECONDS = 0.5
+
+# Chat delivery between processes (realtime/relay.py): its own pub/sub channel, one Redis message
+# per stored batch of a process, JSON {"host": sender process id, "messages": [[payload, skip]]}.
+CHAT_CHANNEL = "astrolive-chat"
+# How long a receiving process holds later messages while an earlier seq has not arrived before it
+# reads the missing ones from PostgreSQL. Normal reordering between two processes' publishes lasts
+# well under a millisecond; a gap this long means a lost publish (a process died after its commit,
+# or a subscription dropped), and waiting longer only delays the messages held behind it.
+CHAT_GAP_SECONDS = 0.25
+# Messages held for one consultation at most while a gap is being filled: far more than two people
+# type in a few seconds of a database hiccup; past it the relay skips ahead (clients fetch a jump).
+CHAT_MAX_HELD = 1000
+# Waiting for the chat subscription on a process's first join; Redis answers in milliseconds.
+CHAT_SUBSCRIBE_TIMEOUT_SECONDS = 5.0
+# Pause before subscribing again after the subscription broke (Redis restarting).
+CHAT_RESUBSCRIBE_SECONDS = 0.5

@@ -5,12 +5,12 @@ payload with the event's pydantic model, calls the use case and turns an `AppErr
 `{ok: false, error: {code, message}}` (anything else: logged, `internal`).
 
 Order. python-socketio runs each event of a client in its own task, so two events of one client
-may interleave. Events that deliver something to the other participant (`chat:send`, `chat:read`,
-`rtc:*`) take the connection's `order_lock` before their first real suspension point; tasks start
-in packet order and the lock is FIFO, so a client's sends get seqs, and its signalling is relayed,
-in the order it sent them. Across the two participants (and across processes), the seq and the
-publish order come from `consultations.chat.send_and_deliver` (advisory lock, publish under it)
-and Redis pub/sub (one ordered channel, handled in order by every process).
+may interleave. Tasks start in packet order, and `chat:send` reaches `ChatWriter.send`, which queues
+the message, without suspending first, so a client's messages get seqs in the order it sent them;
+the other events that deliver something to the other participant (`chat:read`, `rtc:*`) take the
+connection's FIFO `order_lock` before their first real suspension point. Across the two
+participants and across processes, seqs come from the database and every process emits one
+consultation's messages in seq order (realtime/relay.py); no lock is held across a publish.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from core.errors import (
 from core.services import Services
 from core.tokens import Principal
 from realtime import keys
+from realtime.relay import ChatRelay
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,13 @@ class SendIn(ConsultationEvent):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be blank")
+        return value
+
+    @field_validator("text", "client_msg_id")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:  # PostgreSQL text cannot hold it; refused here, not by a failed batch
+            raise ValueError("must not contain NUL characters")
         return value
 
 
@@ -150,6 +158,7 @@ class ConnState:
     bucket: TokenBucket
     joined: dict[uuid.UUID, Joined] = field(default_factory=dict)
     order_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    relayed: set[uuid.UUID] = field(default_factory=set)  # counted in ChatRelay (see `join`)
     echo: Any = None  # realtime.echo.EchoPeer while a pre-call test runs
 
     @property
@@ -183,10 +192,13 @@ async def _guarded(what: str, call: Awaitable[Any]) -> None:
 
 
 class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # socketio has no type hints
-    def __init__(self, sio: Any, services_of: Callable[[], Services]) -> None:
+    def __init__(
+        self, sio: Any, services_of: Callable[[], Services], relay: ChatRelay | None = None
+    ) -> None:
         super().__init__("/")
         self.sio = sio
         self.services_of = services_of
+        self.relay = relay or ChatRelay(sio, services_of)
         self.local: dict[str, ConnState] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False
@@ -195,7 +207,8 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
             "consultation:join": (ConsultationEvent, self.join, False),
             "consultation:leave": (ConsultationEvent, self.leave, False),
             "consultation:end": (ConsultationEvent, self.end, False),
-            "chat:send": (SendIn, self.send, True),
+            # chat:send keeps the order without the lock (see the module docstring)
+            "chat:send": (SendIn, self.send, False),
             "chat:typing": (ConsultationEvent, self.typing, False),
             "chat:read": (ReadIn, self.read, True),
             "chat:history": (HistoryIn, self.history, False),
@@ -250,6 +263,9 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
     async def _gone(self, state: ConnState) -> None:
         """A connection ended (disconnect event, or found dead by the heartbeat loop)."""
         services = self.services
+        for cid in state.relayed:
+            self.relay.release(cid)
+        state.relayed.clear()
         if state.echo is not None:
             await state.echo.close()
             state.echo = None
@@ -384,11 +400,24 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
             raise Conflict("too many consultations joined on this connection", code="too_many")
         services = self.services
         c = await lifecycle.get_for(services.db, cid, state.user_id)
-        await self.enter_room(state.sid, keys.consultation_room(cid))
-        await self.enter_room(state.sid, keys.participant_room(cid, state.user_id))
+        relay = self.relay
+        await relay.start_listening()
+        first = cid not in state.relayed  # set before any suspension: joins may run concurrently
+        if first:
+            state.relayed.add(cid)
+            relay.prepare(cid)  # from here on this process holds the consultation's messages
+        try:
+            await self.enter_room(state.sid, keys.consultation_room(cid))
+            await self.enter_room(state.sid, keys.participant_room(cid, state.user_id))
+            last = await chat.last_seq(services.db, cid)
+        except BaseException:
+            if first:
+                state.relayed.discard(cid)
+                relay.release(cid)
+            raise
+        relay.start(cid, last)  # live from last + 1; the client fetches up to `last` itself
         other = c.astrologer_id if state.user_id == c.user_id else c.user_id
         state.joined[cid] = Joined(other_id=other, type=c.type)
-        last = await chat.last_seq(services.db, cid)
         # The meter starts the session when both participants have joined an accepted one.
         await _guarded(
             "meter.participant_joined", meter.participant_joined(services, cid, state.user_id)
@@ -401,6 +430,9 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
         cid = data.consultation_id
         self._joined(state, cid)
         del state.joined[cid]
+        if cid in state.relayed:
+            state.relayed.discard(cid)
+            self.relay.release(cid)
         await self.leave_room(state.sid, keys.consultation_room(cid))
         await self.leave_room(state.sid, keys.participant_room(cid, state.user_id))
         return {}
@@ -414,25 +446,10 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
     # chat ------------------------------------------------------------------------------------
 
     async def send(self, state: ConnState, data: SendIn) -> dict[str, Any]:
-        cid = data.consultation_id
-        services = self.services
-
-        async def deliver(message: chat.ChatMessage) -> None:
-            await self.sio.deliver(
-                "chat:message",
-                message.to_public(),
-                room=keys.consultation_room(cid),
-                skip_sid=state.sid,
-            )
-
-        message, _ = await chat.send_and_deliver(
-            services.db,
-            cid,
-            state.user_id,
-            data.client_msg_id,
-            data.text,
-            after_end_seconds=services.settings.chat_after_end_seconds,
-            deliver=deliver,
+        """Stored (group commit) before the ack; delivered by the relay right after the commit,
+        to every socket of the consultation but this one."""
+        message, _ = await self.relay.chat_writer().send(
+            data.consultation_id, state.user_id, data.client_msg_id, data.text, tag=state.sid
         )
         return {"id": str(message.id), "seq": message.seq, "sent_at": chat.rfc3339(message.sent_at)}
 

@@ -6,9 +6,10 @@ builds the server and holds the transport-level protections python-socketio does
 - each socket's outbound queue is capped (`SlowConsumerQueue`): a client that does not read while
   others keep emitting to it is disconnected instead of growing the queue without bound;
 - incoming packets are capped by engine.io's `max_http_buffer_size` (the connection is dropped);
-- chat deliveries go out through `ordered` (a write-only Redis manager), so that every process,
-  the sender's included, delivers one consultation's messages in the order they were published
-  (see `consultations.chat.send_and_deliver`).
+- websockets do not negotiate permessage-deflate (see `CappedEngineIOServer`);
+- `chat:message` goes out through `realtime.relay.ChatRelay` (seq order per consultation on every
+  process); other deliveries to the other participant (`chat:read`, `rtc:*`) through `ordered`, a
+  write-only Redis manager, so every process, the sender's included, handles them in publish order.
 """
 
 from __future__ import annotations
@@ -80,7 +81,12 @@ class SlowConsumerQueue(asyncio.Queue[Any]):
 
 class CappedEngineIOServer(engineio.AsyncServer):  # type: ignore[misc]  # engineio has no type hints
     """engine.io server whose sockets get a `SlowConsumerQueue`, and whose websockets remember their
-    TCP transport, so that a writer stuck on a client that stopped reading can be cut off."""
+    TCP transport, so that a writer stuck on a client that stopped reading can be cut off.
+
+    Its websockets refuse permessage-deflate, as the Node Socket.IO server does by default: with
+    messages of a few hundred bytes, compressing every frame cost a third of the server's CPU
+    under chat load (tests/bench/chat.py) and a zlib state of ~80 KiB per connection, for
+    almost no bytes saved."""
 
     max_queued_packets = 2000
     _async: dict[str, Any]  # the driver's functions (engine.io sets it)
@@ -96,7 +102,16 @@ class CappedEngineIOServer(engineio.AsyncServer):  # type: ignore[misc]  # engin
                     request = environ.get("aiohttp.request")
                     if owner is not None and request is not None:
                         owner.astrolive_transport = request.transport
-                    return await super().__call__(environ)
+                    if request is None:
+                        return await super().__call__(environ)
+                    # engine.io's aiohttp driver, with compression off (see the class docstring).
+                    self._sock = web.WebSocketResponse(
+                        max_msg_size=self.server.max_http_buffer_size, compress=False
+                    )
+                    await self._sock.prepare(request)
+                    self.environ = environ
+                    await self.handler(self)
+                    return self._sock
 
             # `_async` is the driver module's shared dict: copy it before changing it.
             self._async = {**self._async, "websocket": TrackedWebSocket}
@@ -107,6 +122,8 @@ class CappedEngineIOServer(engineio.AsyncServer):  # type: ignore[misc]  # engin
 
 class AstroliveServer(socketio.AsyncServer):  # type: ignore[misc]  # socketio has no type hints
     """`socketio.AsyncServer` with capped outbound queues and an ordered chat publisher."""
+
+    relay: Any = None  # realtime.relay.ChatRelay, installed by `register`
 
     def __init__(self, *, redis_url: str, max_queued_packets: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -174,14 +191,18 @@ def register(sio: AstroliveServer, services_of: Any, app: web.Application | None
     With `app`, the sockets and background tasks are stopped when the app shuts down (before its
     services close)."""
     from realtime.namespace import AstroliveNamespace
+    from realtime.relay import ChatRelay
 
-    namespace = AstroliveNamespace(sio, services_of)
+    relay = ChatRelay(sio, services_of)
+    sio.relay = relay
+    namespace = AstroliveNamespace(sio, services_of, relay)
     sio.register_namespace(namespace)
 
     async def stop(_: web.Application) -> None:
         await namespace.shutdown()
         if sio.eio.sockets:
             await sio.eio.disconnect()  # every local client; their disconnect handlers run now
+        await relay.close()  # stores what is queued, gives its connection back to the pool
         await sio.shutdown()
         listener = getattr(sio.manager, "thread", None)  # the Redis subscription task
         if listener is not None:

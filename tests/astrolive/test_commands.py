@@ -145,8 +145,10 @@ async def test_database_is_created_when_missing(database_url: str) -> None:
 async def test_newcomer_path_uses_embedded_services() -> None:
     """With no local servers, migrate runs against an embedded PostgreSQL and Redis.
 
-    The data lives under the project's .data as in real use: run as root, pgserver runs PostgreSQL
-    as a system user that must be able to reach the folder (a private /tmp/pytest-of-root is not)."""
+    The data lives under the project's .data as in real use: run as root, pgserver runs
+    PostgreSQL as a system user that must reach the folder (a private /tmp/pytest-of-root
+    is not).
+    """
     import shutil
     from pathlib import Path
 

@@ -5,7 +5,11 @@ python-socketio relay, under the same load from the official Node client.
 
 N consultations, each a user and an astrologer on their own sockets, both sending chat messages
 with acks (one in flight per socket) for a fixed time. Prints messages/s, p50/p99 ack latency and
-the server's RSS per idle connection, for astrolive and for the bare relay, and their ratio.
+the server's RSS per idle connection, for astrolive and for the bare relay, and their ratio. The
+bare relay runs twice: as python-socketio comes (websocket permessage-deflate accepted) and
+without deflate, which astrolive refuses (realtime/server.py), so both ratios are printed.
+RSS per idle connection here is (RSS with 2N idle sockets - RSS before) / 2N of the server
+process; tests/bench/chat_memory.py measures it with more sockets, after gc, with tracemalloc.
 Uses its own database (astrolive_bench_<random>, dropped at the end) and a private redis-server.
 """
 
@@ -146,20 +150,22 @@ async def run(pairs: int, seconds: float) -> None:
         ours = await node("load", str(spec_file), str(seconds))
         await server.stop()
 
-        # the bare relay
-        port = embedded.free_port()
-        bare = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).with_name("bare_relay.py")), str(port)
-        )
-        procs.append(bare)
-        url = f"http://127.0.0.1:{port}"
-        await wait_healthy(url)
-        bare_file = workdir / "bare.json"
-        bare_file.write_text(json.dumps({"url": url, "pairs": spec_pairs}))
-        bare_rss = await idle_rss_per_connection(bare.pid, bare_file, 2 * pairs)
-        base = await node("load", str(bare_file), str(seconds))
-        bare.terminate()
-        await bare.wait()
+        # the bare relay, as python-socketio comes (permessage-deflate on), then without deflate
+        bare_runs: list[tuple[dict[str, Any], float]] = []
+        for flags in ([], ["--no-deflate"]):
+            port = embedded.free_port()
+            bare = await asyncio.create_subprocess_exec(
+                sys.executable, str(Path(__file__).with_name("bare_relay.py")), str(port), *flags
+            )
+            procs.append(bare)
+            url = f"http://127.0.0.1:{port}"
+            await wait_healthy(url)
+            bare_file = workdir / "bare.json"
+            bare_file.write_text(json.dumps({"url": url, "pairs": spec_pairs}))
+            bare_rss = await idle_rss_per_connection(bare.pid, bare_file, 2 * pairs)
+            bare_runs.append((await node("load", str(bare_file), str(seconds)), bare_rss))
+            bare.terminate()
+            await bare.wait()
     finally:
         for p in procs:
             if isinstance(p, ServerProcess):
@@ -176,14 +182,21 @@ async def run(pairs: int, seconds: float) -> None:
     print(
         f"chat benchmark: {pairs} consultations ({2 * pairs} sockets), {seconds:g} s, Node client"
     )
-    for label, r, rss in (("astrolive", ours, ours_rss), ("bare relay", base, bare_rss)):
+    (base, base_rss), (plain, plain_rss) = bare_runs
+    for label, r, rss in (
+        ("astrolive", ours, ours_rss),
+        ("bare relay", base, base_rss),
+        ("bare, no deflate", plain, plain_rss),
+    ):
         print(
-            f"  {label:<10}  {r['per_second']:8.0f} msg/s   p50 {r['p50_ms']:6.1f} ms   "
+            f"  {label:<16}  {r['per_second']:8.0f} msg/s   p50 {r['p50_ms']:6.1f} ms   "
             f"p99 {r['p99_ms']:6.1f} ms   errors {r['errors']}   delivered {r['received']}   "
             f"RSS/idle conn {rss:5.1f} KiB"
         )
     ratio = ours["per_second"] / base["per_second"] if base["per_second"] else float("nan")
     print(f"  ratio astrolive / bare relay: {ratio:.2f}x  (target >= 0.8x)")
+    ratio = ours["per_second"] / plain["per_second"] if plain["per_second"] else float("nan")
+    print(f"  ratio astrolive / bare relay without deflate: {ratio:.2f}x")
     print(f"  astrolive RSS per idle connection: {ours_rss:.1f} KiB  (target <= 40 KiB)")
 
 

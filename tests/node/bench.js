@@ -1,6 +1,8 @@
 // Load for tests/bench/chat.py: pairs of clients sending chat messages with acks, or idle sockets.
 // usage: node bench.js load PAIRS_JSON SECONDS   (PAIRS_JSON: {url, pairs: [{cid, user, astrologer}]})
-//        node bench.js idle PAIRS_JSON            (connects every token, prints "ready", waits)
+//        node bench.js idle PAIRS_JSON [COUNT] [join]
+//            connects every token (or COUNT sockets, cycling over the tokens; with "join", each
+//            socket also joins its consultation), prints "ready", waits for stdin to close
 "use strict";
 const fs = require("fs");
 const { io } = require("socket.io-client");
@@ -18,9 +20,16 @@ function connect(token) {
 
 async function idle() {
   const sockets = [];
-  for (const p of spec.pairs) {
-    sockets.push(await connect(p.user));
-    sockets.push(await connect(p.astrologer));
+  const [countArg, joinArg] = process.argv.slice(4);
+  const count = Number(countArg || 2 * spec.pairs.length);
+  for (let i = 0; sockets.length < count; i++) {
+    const p = spec.pairs[Math.floor(i / 2) % spec.pairs.length];
+    const socket = await connect(i % 2 ? p.astrologer : p.user);
+    if (joinArg === "join") {
+      const ack = await socket.timeout(10000).emitWithAck("consultation:join", { consultation_id: p.cid });
+      if (!ack.ok) throw new Error("join failed: " + JSON.stringify(ack));
+    }
+    sockets.push(socket);
   }
   console.log(JSON.stringify({ ready: sockets.length }));
   process.stdin.resume();
