@@ -9,9 +9,8 @@ from typing import Literal
 from pydantic import Field
 
 from api.framework import Call, Router
-from api.models import Input, ListQuery, Output, Page, decode_cursor, encode_cursor
+from api.models import Input, ListQuery, Output, Page, encode_cursor, time_id_cursor
 from billing import payouts, refunds
-from core.errors import ValidationFailed
 
 router = Router("admin")
 
@@ -127,13 +126,7 @@ async def list_payouts(call: Call) -> Page[PayoutOut]:
 
     Payout requests, newest first; filter with `status`."""
     query = call.query(PayoutsQuery)
-    after = None
-    if query.cursor:
-        at, last = decode_cursor(query.cursor, 2)
-        try:
-            after = (datetime.fromisoformat(at), uuid.UUID(last))
-        except (TypeError, ValueError):
-            raise ValidationFailed({"cursor": "invalid cursor"}) from None
+    after = time_id_cursor(query.cursor)
     found = await payouts.list_payouts(
         call.services.db, status=query.status, after=after, limit=query.limit + 1
     )

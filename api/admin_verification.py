@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
 from typing import Literal
 
 from pydantic import Field
 
 from api.astrologer_profile import DocumentOut, ProfileOut
 from api.framework import Call, Router
-from api.models import Input, ListQuery, Output, Page, decode_cursor, encode_cursor
+from api.models import Input, ListQuery, Output, Page, encode_cursor, time_id_cursor
 from api.storage import STORAGE
 from auth import admin, profiles
-from core.errors import ValidationFailed
 
 router = Router("admin")
 
@@ -46,13 +43,7 @@ async def verification_queue(call: Call) -> Page[QueueItemOut]:
 
     The review queue, oldest submission first, each with its documents' download URLs."""
     query = call.query(QueueQuery)
-    after = None
-    if query.cursor:
-        raw_at, raw_id = decode_cursor(query.cursor, 2)
-        try:
-            after = (datetime.fromisoformat(str(raw_at)), uuid.UUID(str(raw_id)))
-        except ValueError as exc:
-            raise ValidationFailed({"cursor": "invalid cursor"}) from exc
+    after = time_id_cursor(query.cursor)
     db = call.services.db
     items = await admin.verification_queue(
         db, query.verification, limit=query.limit + 1, after=after

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -10,11 +9,11 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from api.framework import Call, Router
-from api.models import Input, ListQuery, Output, Page, decode_cursor, encode_cursor
+from api.models import Input, ListQuery, Output, Page, decode_cursor, encode_cursor, time_id_cursor
 from api.storage import STORAGE
 from consultations import booking, discovery, presence, reviews, waitlist
 from consultations.lifecycle import iso
-from core.errors import NotFound, ValidationFailed
+from core.errors import NotFound
 
 router = Router("astrologers")
 
@@ -213,13 +212,7 @@ async def list_reviews(call: Call) -> Page[ReviewOut]:
     query = call.query(ListQuery)
     astrologer_id = call.uuid("id")
     await discovery.get(call.services.db, astrologer_id)  # 404 for an unlisted astrologer
-    after = None
-    if query.cursor:
-        raw_at, raw_id = decode_cursor(query.cursor, 2)
-        try:
-            after = (datetime.fromisoformat(str(raw_at)), uuid.UUID(str(raw_id)))
-        except ValueError as exc:
-            raise ValidationFailed({"cursor": "invalid cursor"}) from exc
+    after = time_id_cursor(query.cursor)
     found = await reviews.list_for(
         call.services.db, astrologer_id, after=after, limit=query.limit + 1
     )

@@ -6,16 +6,14 @@ The live session itself (`/end`, join, the meter) belongs to billing/ and realti
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, Field
 
 from api.framework import Call, Router
-from api.models import Input, ListQuery, Output, Page, decode_cursor, encode_cursor
+from api.models import Input, ListQuery, Output, Page, encode_cursor, time_id_cursor
 from api.session_end import MeterLine, breakdown_lines
 from consultations import booking, lifecycle, reviews
-from core.errors import ValidationFailed
 
 router = Router("consultations")
 
@@ -167,13 +165,7 @@ async def list_consultations(call: Call) -> Page[ConsultationOut]:
 
     Mine (as the user, or as the astrologer for an astrologer), newest first; filter `status`."""
     query = call.query(ListIn)
-    after = None
-    if query.cursor:
-        raw_at, raw_id = decode_cursor(query.cursor, 2)
-        try:
-            after = (datetime.fromisoformat(str(raw_at)), uuid.UUID(str(raw_id)))
-        except ValueError as exc:
-            raise ValidationFailed({"cursor": "invalid cursor"}) from exc
+    after = time_id_cursor(query.cursor)
     found = await lifecycle.list_mine(
         call.services.db,
         call.principal.user_id,

@@ -6,7 +6,7 @@ from pydantic import Field
 
 from api.admin_money import PayoutOut
 from api.framework import Call, Router
-from api.models import Input, ListQuery, Output, decode_cursor, encode_cursor
+from api.models import Input, ListQuery, Output, encode_cursor, int_cursor
 from api.wallet import TransactionOut
 from billing import payouts, statements
 
@@ -32,7 +32,7 @@ async def get_earnings(call: Call) -> EarningsOut:
 
     The caller's earnings balance, lifetime total, pending payout and a page of the ledger."""
     query = call.query(ListQuery)
-    before = int(decode_cursor(query.cursor, 1)[0]) if query.cursor else None
+    before = int_cursor(query.cursor)
     currency = call.services.settings.currency
     me = call.principal.user_id
     summary = await payouts.earnings_of(call.services.db, me, currency)

@@ -8,7 +8,7 @@ from datetime import datetime
 from pydantic import Field
 
 from api.framework import Call, Router
-from api.models import Input, Output, decode_cursor, encode_cursor
+from api.models import Input, Output, encode_cursor, int_cursor
 from consultations import chat, lifecycle
 
 router = Router("chat")
@@ -52,7 +52,8 @@ async def list_messages(call: Call) -> MessagesPage:
     consultation_id = call.uuid("id")
     db = call.services.db
     await lifecycle.get_for(db, consultation_id, principal.user_id, admin=principal.role == "admin")
-    after = int(decode_cursor(query.cursor, 1)[0]) if query.cursor else query.after_seq
+    cursor_seq = int_cursor(query.cursor)
+    after = query.after_seq if cursor_seq is None else cursor_seq
     messages = await chat.history(db, consultation_id, after, query.limit + 1)
     more = len(messages) > query.limit
     messages = messages[: query.limit]

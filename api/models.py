@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,6 +53,27 @@ class Page(Output, Generic[T]):
 def encode_cursor(*values: Any) -> str:
     raw = json.dumps(list(values), separators=(",", ":"), default=str).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def time_id_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    """A `(created_at, id)` keyset cursor, the most common kind; None for the first page."""
+    if cursor is None:
+        return None
+    at, last = decode_cursor(cursor, 2)
+    try:
+        return datetime.fromisoformat(str(at)), uuid.UUID(str(last))
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed({"cursor": "invalid cursor"}) from exc
+
+
+def int_cursor(cursor: str | None) -> int | None:
+    """A cursor holding one integer (an entry id, a seq); None for the first page."""
+    if cursor is None:
+        return None
+    (value,) = decode_cursor(cursor, 1)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationFailed({"cursor": "invalid cursor"})
+    return value
 
 
 def decode_cursor(cursor: str, arity: int) -> list[Any]:

@@ -13,8 +13,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from api.framework import Call, Router
-from api.models import Input, ListQuery, Output, decode_cursor, encode_cursor
-from core.errors import NotFound, ValidationFailed
+from api.models import Input, ListQuery, Output, encode_cursor, time_id_cursor
+from core.errors import NotFound
 from notify import devices, inbox
 
 router = Router("notifications")
@@ -81,14 +81,7 @@ class DeviceOut(Output):
     created_at: str
 
 
-def _before(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
-    if cursor is None:
-        return None
-    at, nid = decode_cursor(cursor, 2)
-    try:
-        return datetime.fromisoformat(str(at)), uuid.UUID(str(nid))
-    except ValueError as exc:
-        raise ValidationFailed({"cursor": "invalid cursor"}) from exc
+_before = time_id_cursor
 
 
 @router.get("/v1/notifications", access="authenticated", query=ListQuery, response=InboxOut)

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from api.framework import Call, Router
-from api.models import Input, ListQuery, Output, Page, decode_cursor, encode_cursor
+from api.models import Input, ListQuery, Output, Page, encode_cursor, int_cursor
 from billing import recharges, statements
 from billing.ledger import wallet_balance
 from billing.recharges import Recharge
@@ -107,7 +107,7 @@ async def list_transactions(call: Call) -> Page[TransactionOut]:
 
     The wallet's ledger lines, newest first, each with the balance right after it."""
     query = call.query(ListQuery)
-    before = int(decode_cursor(query.cursor, 1)[0]) if query.cursor else None
+    before = int_cursor(query.cursor)
     found = await statements.lines(
         call.services.db,
         kind="user_wallet",

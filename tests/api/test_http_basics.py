@@ -225,3 +225,20 @@ def test_route_without_access_refuses_to_start(settings: Any) -> None:
     app.router.add_get("/v1/sneaky", sneaky)
     with pytest.raises(RuntimeError, match="does not declare its access"):
         assert_all_routes_declared(app)
+
+
+async def test_malformed_cursors_are_422_on_every_list(
+    client: TestClient[Any, Any], settings: Any, db: Any
+) -> None:
+    """A cursor that is not one of ours is a validation error, never a 500."""
+    from api.models import encode_cursor
+    from tests.factories import auth, make_user
+
+    user = await make_user(db)
+    headers = await auth(db, settings, user)
+    bad = ["not-base64!", encode_cursor("x"), encode_cursor("x", "y"), encode_cursor(1, 2, 3)]
+    for path in ("/v1/consultations", "/v1/wallet/transactions", "/v1/notifications"):
+        for cursor in bad:
+            resp = await client.get(path, params={"cursor": cursor}, headers=headers)
+            assert resp.status == 422, (path, cursor, await resp.text())
+            assert (await resp.json())["error"]["details"]["fields"] == {"cursor": "invalid cursor"}
