@@ -36,6 +36,28 @@ def _schema(tp: Any, components: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _safe_name(name: str) -> str:
+    """Component names allow [A-Za-z0-9._-]: `Page[AstrologerOut]` becomes `Page_AstrologerOut`."""
+    return _UNSAFE.sub("_", name).strip("_")
+
+
+def _rename_refs(node: Any, prefix: str) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith(prefix):
+                out[key] = prefix + _safe_name(value[len(prefix) :])
+            else:
+                out[key] = _rename_refs(value, prefix)
+        return out
+    if isinstance(node, list):
+        return [_rename_refs(item, prefix) for item in node]
+    return node
+
+
 def build(specs: list[RouteSpec], *, version: str = "1.0.0") -> dict[str, Any]:
     components: dict[str, Any] = {}
     paths: dict[str, Any] = {}
@@ -115,6 +137,9 @@ def build(specs: list[RouteSpec], *, version: str = "1.0.0") -> dict[str, Any]:
             )
         op["responses"] = responses
         paths.setdefault(spec.path, {})[spec.method.lower()] = op
+    prefix = REF.format(model="")
+    paths = _rename_refs(paths, prefix)
+    components = {_safe_name(k): _rename_refs(v, prefix) for k, v in components.items()}
     return {
         "openapi": "3.1.0",
         "info": {

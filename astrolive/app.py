@@ -23,8 +23,10 @@ from api.framework import (
 from api.middleware import HTTP_METRICS, METRICS_REGISTRY, HttpMetrics, build_middlewares
 from api.routes import ROUTERS
 from api.storage import STORAGE, make_storage
+from astrolive.console import setup_console
 from astrolive.resources import close_services, open_services
 from auth.authenticator import authenticate
+from billing.meter import running_loop
 from core.settings import Settings
 from realtime.server import SIO, SioEmitter, create_sio, register
 
@@ -60,16 +62,12 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(services_ctx)
 
     async def meter_ctx(app: web.Application) -> AsyncIterator[None]:
-        from billing.meter import running_loop  # the minute meter: charges due minutes
-
-        async with running_loop(app[SERVICES]):
+        async with running_loop(app[SERVICES]):  # the minute meter: charges due minutes
             yield
 
     if settings.meter_loop:
         app.cleanup_ctx.append(meter_ctx)
     install(app, ROUTERS)
-    from astrolive.console import setup_console  # the web console at / (astrolive/console.py)
-
-    setup_console(app)
+    setup_console(app)  # the web console at /
     assert_all_routes_declared(app)
     return app

@@ -195,6 +195,22 @@ def cmd_with_services(args: argparse.Namespace) -> None:
     sys.exit(subprocess.call(command))  # noqa: S603  # the developer's own command line
 
 
+def openapi_document() -> str:
+    """The OpenAPI document of every route, as `/v1/openapi.json` serves it."""
+    import json
+
+    from api import openapi
+    from api.routes import ROUTERS
+
+    specs = [spec for router in ROUTERS for spec in router.specs]
+    return json.dumps(openapi.build(specs), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def cmd_openapi(args: argparse.Namespace) -> None:
+    """Print the OpenAPI document (docs/openapi.json is this output, checked by a test)."""
+    sys.stdout.write(openapi_document())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="astrolive", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -225,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "reconcile", help="check the ledger's invariants; exit 1 on any break"
     ).set_defaults(fn=cmd_reconcile)
+    sub.add_parser("openapi", help="print the OpenAPI document").set_defaults(fn=cmd_openapi)
     ws = sub.add_parser("with-services", help="run a command with the database and Redis resolved")
     ws.add_argument("command", nargs=argparse.REMAINDER)
     ws.set_defaults(fn=cmd_with_services)
