@@ -68,8 +68,8 @@ class AstrologerOut(Output):
             "skills": a.skills,
             "languages": a.languages,
             "experience_years": a.experience_years,
-            "rates": RatesOut(chat=a.rate_chat, voice=a.rate_voice, video=a.rate_video),
-            "rating": RatingOut(average=float(a.rating_avg), count=a.rating_count),
+            "rates": {"chat": a.rate_chat, "voice": a.rate_voice, "video": a.rate_video},
+            "rating": {"average": float(a.rating_avg), "count": a.rating_count},
             "status": status,
             "avatar_url": storage.download_url(a.avatar_key)
             if storage is not None and a.avatar_key
@@ -143,9 +143,11 @@ class WaitlistOut(Output):
 
 
 RECENT_REVIEWS = 5  # what the astrologer's page shows; the rest is paginated under /reviews
+# Built once: subscripting a generic model per request costs a cache lookup each time.
+AstrologerPage = Page[AstrologerOut]
 
 
-@router.get("/v1/astrologers", access="public", query=ListIn, response=Page[AstrologerOut])
+@router.get("/v1/astrologers", access="public", query=ListIn, response=AstrologerPage)
 async def list_astrologers(call: Call) -> Page[AstrologerOut]:
     """GET /v1/astrologers
 
@@ -154,13 +156,11 @@ async def list_astrologers(call: Call) -> Page[AstrologerOut]:
     sort=rating|rate_asc|rate_desc|experience|popular (default popular, most consultations).
     Keyset pages: pass `next_cursor` back as `cursor` with the same filters and sort."""
     query = call.query(ListIn)
-    redis = call.services.redis
-    online_ids = await presence.listed_candidates(redis) if query.online else None
     filters = discovery.Filters(
         skill=query.skill,
         language=query.language,
         type=query.type,
-        online_ids=online_ids,
+        online=bool(query.online),
         min_rating=query.min_rating,
         max_rate=query.max_rate,
         q=query.q,
@@ -171,15 +171,18 @@ async def list_astrologers(call: Call) -> Page[AstrologerOut]:
     items, more = await discovery.search(
         call.services.db, filters, sort=query.sort, after=after, limit=query.limit
     )
-    statuses = await presence.get_statuses(redis, [a.id for a in items])
+    statuses = await presence.get_statuses(call.services.redis, [a.id for a in items])
     next_cursor = (
         encode_cursor(*discovery.cursor_values(items[-1], query.sort, query.type)) if more else None
     )
     if query.online:  # drop the few whose heartbeats stopped since the last presence sweep
         items = [a for a in items if statuses[a.id] != "offline"]
-    return Page[AstrologerOut](
-        items=[AstrologerOut(**AstrologerOut.of(a, statuses[a.id], call)) for a in items],
-        next_cursor=next_cursor,
+    # One validation of plain dicts (pydantic-core) rather than a model construction per item.
+    return AstrologerPage.model_validate(
+        {
+            "items": [AstrologerOut.of(a, statuses[a.id], call) for a in items],
+            "next_cursor": next_cursor,
+        }
     )
 
 

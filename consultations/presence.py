@@ -12,6 +12,9 @@ status = busy if busy, else online if alive and wants online, else offline.
 Every change is published once as the Socket.IO `presence` event `{astrologer_id, status}` to the
 room `presence`. Expiry by TTL publishes nothing by itself: `sweep` (run every few seconds by the
 worker) notices and publishes `offline`.
+
+The ids whose published status is online or busy are the set `presence:listed`, mirrored in
+PostgreSQL (`astrologer_presence_listed`, 0010) so `online=true` discovery is one SQL query.
 """
 
 from __future__ import annotations
@@ -41,6 +44,26 @@ LIVE_ASTROLOGERS = """
 SELECT DISTINCT astrologer_id FROM consultations
  WHERE astrologer_id = ANY($1::uuid[]) AND status IN ('accepted', 'active')
 """
+# The PostgreSQL mirror of `presence:listed` (0010), joined by `online=true` discovery. Written
+# when a published status crosses online/busy <-> offline; made equal to the set by every sweep.
+LISTED_ADD = """
+INSERT INTO astrologer_presence_listed (astrologer_id) VALUES ($1) ON CONFLICT DO NOTHING
+"""
+LISTED_REMOVE = "DELETE FROM astrologer_presence_listed WHERE astrologer_id = $1"
+# $1: the set's members. Rows younger than $2 seconds are left alone: they may come from a publish
+# that ran after the set was read (the next sweep looks at them again).
+LISTED_SYNC = """
+WITH gone AS (
+    DELETE FROM astrologer_presence_listed
+     WHERE astrologer_id <> ALL($1::uuid[])
+       AND listed_at < now() - make_interval(secs => $2)
+)
+INSERT INTO astrologer_presence_listed (astrologer_id)
+SELECT id FROM users WHERE id = ANY($1::uuid[])
+ON CONFLICT DO NOTHING
+"""
+# Longer than a publish takes between its Redis write and its PostgreSQL write (milliseconds).
+LISTED_SYNC_GRACE_SECONDS = 2.0
 
 
 class NotVerified(Forbidden):
@@ -78,8 +101,9 @@ async def get_status(redis: Redis, astrologer_id: uuid.UUID) -> str:
 
 async def listed_candidates(redis: Redis) -> list[uuid.UUID]:
     """Astrologers last published online or busy: a superset of those on now (one whose
-    heartbeats just stopped stays here until the next sweep). Cheap: one SMEMBERS. Discovery's
-    `online=true` filters by these, then drops the page's stale ones with `get_statuses`."""
+    heartbeats just stopped stays here until the next sweep). One SMEMBERS. Discovery's
+    `online=true` joins the PostgreSQL mirror of this set instead (`astrologer_presence_listed`),
+    then drops the page's stale ones with `get_statuses`."""
     members = await redis.smembers(keys.PRESENCE_LISTED)  # type: ignore[misc]  # redis-py types smembers as Awaitable | set
     return [uuid.UUID(m) for m in members]
 
@@ -101,6 +125,8 @@ async def publish(services: Services, astrologer_id: uuid.UUID) -> str:
         await redis.srem(keys.PRESENCE_LISTED, str(astrologer_id))  # type: ignore[misc]  # redis-py's sync/async union
     else:
         await redis.sadd(keys.PRESENCE_LISTED, str(astrologer_id))  # type: ignore[misc]  # redis-py's sync/async union
+    if (previous or "offline") != status and "offline" in (previous or "offline", status):
+        await _mirror_listed(services, astrologer_id, listed=status != "offline")
     if (previous or "offline") != status:
         await services.emitter.emit(
             PRESENCE_EVENT,
@@ -112,6 +138,23 @@ async def publish(services: Services, astrologer_id: uuid.UUID) -> str:
                 services, astrologer_id, was_offline=(previous or "offline") == "offline"
             )
     return status
+
+
+async def _mirror_listed(services: Services, astrologer_id: uuid.UUID, *, listed: bool) -> None:
+    """Keep `astrologer_presence_listed` in step with the set. Best effort: presence works without
+    PostgreSQL, and the sweep (`sync_listed`) repairs a lost write."""
+    try:
+        await services.db.execute(LISTED_ADD if listed else LISTED_REMOVE, astrologer_id)
+    except (asyncpg.PostgresError, OSError):
+        log.warning("presence mirror write failed", extra={"astrologer_id": str(astrologer_id)})
+
+
+async def sync_listed(services: Services) -> None:
+    """Make `astrologer_presence_listed` equal to the `presence:listed` set (run by the sweep)."""
+    members = await services.redis.smembers(keys.PRESENCE_LISTED)  # type: ignore[misc]  # redis-py's sync/async union
+    await services.db.execute(
+        LISTED_SYNC, [uuid.UUID(m) for m in members], LISTED_SYNC_GRACE_SECONDS
+    )
 
 
 async def _came_free(services: Services, astrologer_id: uuid.UUID, *, was_offline: bool) -> None:
@@ -198,6 +241,7 @@ async def sweep(services: Services) -> int:
     redis = services.redis
     members = [uuid.UUID(m) for m in await redis.smembers(keys.PRESENCE_LISTED)]  # type: ignore[misc]  # redis-py's sync/async union
     if not members:
+        await sync_listed(services)
         return 0
     statuses = await get_statuses(redis, members)
     busy_ids = [aid for aid, status in statuses.items() if status == "busy"]
@@ -209,4 +253,5 @@ async def sweep(services: Services) -> int:
                 await redis.delete(keys.busy(aid))
     for aid in members:
         await publish(services, aid)
+    await sync_listed(services)
     return len(members)

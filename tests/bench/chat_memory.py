@@ -10,7 +10,8 @@ their steady size), then
   `malloc_trim(0)`, so freed memory that glibc keeps does not count;
 - tracemalloc: the Python allocations still alive with the sockets open, per socket, and where
   they come from (by package). This is what the server holds; RSS adds allocator overhead and the
-  C-level buffers of the event loop (uvloop), which tracemalloc does not see.
+  C-level buffers of the event loop (uvloop, as `astrolive serve` uses), which tracemalloc does
+  not see.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import gc
 import json
 import os
 import secrets
+import sys
 import tempfile
 import tracemalloc
 from collections import defaultdict
@@ -42,6 +44,8 @@ from tests.bench.chat import NODE_DIR, rss_kib, server_dsn
 from tests.conftest import make_settings
 from tests.factories import make_astrologer, make_user, token_for
 from tests.realtime.support import make_consultation
+
+WARM_UP_SOCKETS = 50
 
 
 def trim() -> None:
@@ -80,8 +84,15 @@ def package_of(filename: str) -> str:
     return "/".join(parts[-2:])
 
 
+def progress(what: str) -> None:
+    print(what, file=sys.stderr, flush=True)
+
+
 async def measure(spec_file: Path, count: int, join: bool) -> dict[str, Any]:
-    await close_sockets(await open_sockets(spec_file, count, join))  # warm-up round
+    progress(f"  {count} sockets{' joined' if join else ''}: warm-up, RSS, tracemalloc")
+    # A small warm-up round (pools, caches, interned strings); a full-size one would leave freed
+    # memory behind that the measured round reuses, hiding its cost from RSS.
+    await close_sockets(await open_sockets(spec_file, min(count, WARM_UP_SOCKETS), join))
     trim()
     before = rss_kib(os.getpid())
     proc = await open_sockets(spec_file, count, join)
@@ -151,6 +162,7 @@ async def run(sockets: int, pairs: int) -> None:
             ("bare, no deflate", lambda: make_bare_app(deflate=False), [False]),
         ]
         for label, factory, joins in servers:
+            progress(label)
             url, stop = await serve(factory())
             spec_file = workdir / "spec.json"
             spec_file.write_text(json.dumps({"url": url, "pairs": spec_pairs}))
@@ -176,6 +188,12 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=2000)
     parser.add_argument("--pairs", type=int, default=200)
     args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()  # the loop `astrolive serve` runs on
+    except ImportError:
+        pass
     asyncio.run(run(args.sockets, args.pairs))
 
 

@@ -125,8 +125,9 @@ async def seed(dsn: str, astrologers: int, reviews: int) -> list[str]:
         await conn.close()
 
 
-async def mark_online(redis_url: str, ids: list[str]) -> None:
-    """A tenth of the astrologers online, written as presence writes them (consultations.keys)."""
+async def mark_online(redis_url: str, dsn: str, ids: list[str]) -> None:
+    """A tenth of the astrologers online, written as presence writes them (consultations.keys,
+    and the set's PostgreSQL mirror that `online=true` joins)."""
     redis = Redis.from_url(redis_url, decode_responses=True)
     try:
         pipe = redis.pipeline(transaction=False)
@@ -138,6 +139,14 @@ async def mark_online(redis_url: str, ids: list[str]) -> None:
         await pipe.execute()
     finally:
         await redis.aclose()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO astrologer_presence_listed (astrologer_id) SELECT unnest($1::uuid[])", ids
+        )
+        await conn.execute("ANALYZE astrologer_presence_listed")
+    finally:
+        await conn.close()
 
 
 async def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
@@ -207,6 +216,10 @@ async def explain(dsn: str, online: list[str]) -> None:
         print("EXPLAIN ANALYZE of the skill+language+type+max_rate listing, sorted by rating:")
         for row in await conn.fetch("EXPLAIN (ANALYZE, COSTS OFF) " + sql, *args):
             print("   ", row[0])
+        sql, args = discovery.build_query(discovery.Filters(online=True), "rating", None, 21)
+        print("EXPLAIN ANALYZE of the online=true listing, sorted by rating:")
+        for row in await conn.fetch("EXPLAIN (ANALYZE, COSTS OFF) " + sql, *args):
+            print("   ", row[0])
         sql = (
             "SELECT id FROM reviews WHERE astrologer_id = $1"
             " ORDER BY created_at DESC, id DESC LIMIT 21"
@@ -245,7 +258,7 @@ async def main() -> None:
         try:
             online = await seed(dsn, args.astrologers, args.reviews)
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
-            await mark_online(redis_url, online)
+            await mark_online(redis_url, dsn, online)
             env = {
                 **os.environ,
                 "DATABASE_URL": dsn,
