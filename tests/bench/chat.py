@@ -8,8 +8,8 @@ with acks (one in flight per socket) for a fixed time. Prints messages/s, p50/p9
 the server's RSS per idle connection, for astrolive and for the bare relay, and their ratio. The
 bare relay runs twice: as python-socketio comes (websocket permessage-deflate accepted) and
 without deflate, which astrolive refuses (realtime/server.py), so both ratios are printed.
-RSS per idle connection here is (RSS with 2N idle sockets - RSS before) / 2N of the server
-process; tests/bench/chat_memory.py measures it with more sockets, after gc, with tracemalloc.
+RSS per idle connection is (RSS with M idle sockets - RSS before) / M of the server process,
+M = --idle-sockets (default 2N; the Node client cycles over the tokens: several devices each).
 Uses its own database (astrolive_bench_<random>, dropped at the end) and a private redis-server.
 """
 
@@ -70,7 +70,7 @@ async def idle_rss_per_connection(pid: int, spec_file: Path, connections: int) -
     await asyncio.sleep(1)
     before = rss_kib(pid)
     proc = await asyncio.create_subprocess_exec(
-        "node", str(NODE_DIR / "bench.js"), "idle", str(spec_file),
+        "node", str(NODE_DIR / "bench.js"), "idle", str(spec_file), str(connections),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -97,7 +97,7 @@ async def wait_healthy(url: str) -> None:
     raise TimeoutError(url)
 
 
-async def run(pairs: int, seconds: float) -> None:
+async def run(pairs: int, seconds: float, idle_sockets: int) -> None:
     if not (NODE_DIR / "node_modules" / "socket.io-client").is_dir():
         npm = await asyncio.create_subprocess_exec(
             "npm", "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund",
@@ -146,7 +146,7 @@ async def run(pairs: int, seconds: float) -> None:
         assert server.proc is not None
         spec_file = workdir / "astrolive.json"
         spec_file.write_text(json.dumps({"url": server.url, "pairs": spec_pairs}))
-        ours_rss = await idle_rss_per_connection(server.proc.pid, spec_file, 2 * pairs)
+        ours_rss = await idle_rss_per_connection(server.proc.pid, spec_file, idle_sockets)
         ours = await node("load", str(spec_file), str(seconds))
         await server.stop()
 
@@ -162,7 +162,7 @@ async def run(pairs: int, seconds: float) -> None:
             await wait_healthy(url)
             bare_file = workdir / "bare.json"
             bare_file.write_text(json.dumps({"url": url, "pairs": spec_pairs}))
-            bare_rss = await idle_rss_per_connection(bare.pid, bare_file, 2 * pairs)
+            bare_rss = await idle_rss_per_connection(bare.pid, bare_file, idle_sockets)
             bare_runs.append((await node("load", str(bare_file), str(seconds)), bare_rss))
             bare.terminate()
             await bare.wait()
@@ -180,7 +180,8 @@ async def run(pairs: int, seconds: float) -> None:
         redis.wait(5)
 
     print(
-        f"chat benchmark: {pairs} consultations ({2 * pairs} sockets), {seconds:g} s, Node client"
+        f"chat benchmark: {pairs} consultations ({2 * pairs} sockets), {seconds:g} s, Node client;"
+        f" RSS over {idle_sockets} idle sockets"
     )
     (base, base_rss), (plain, plain_rss) = bare_runs
     for label, r, rss in (
@@ -204,8 +205,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--idle-sockets", type=int, default=0, help="sockets for the RSS measure (default 2N)"
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.pairs, args.seconds))
+    asyncio.run(run(args.pairs, args.seconds, args.idle_sockets or 2 * args.pairs))
 
 
 if __name__ == "__main__":
