@@ -40,7 +40,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import asyncpg
 from redis.asyncio import Redis
@@ -77,6 +77,14 @@ def charge_key(consultation_id: uuid.UUID, minute: int) -> str:
 
 def _at(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
+
+
+@runtime_checkable
+class BatchEmitter(Protocol):
+    """An `Emitter` that can also send many room emits at once, in order (the web processes' and
+    workers' `realtime.server.SioEmitter`): the ticks of a charged batch go out as one message."""
+
+    async def emit_many(self, items: Sequence[tuple[str, Any, str]]) -> None: ...
 
 
 # --- SQL ------------------------------------------------------------------------------------
@@ -634,17 +642,24 @@ async def _publish(
             if finished:
                 pipe.zrem(keys.DUE, *finished)
             await pipe.execute()
-    emits = []
+    items: list[tuple[str, Any, str]] = []
     for m in meters:
         room = f"consultation:{m.consultation_id}"
         for tick in m.ticks:
-            emits.append(services.emitter.emit("session:tick", tick, room))
+            items.append(("session:tick", tick, room))
             left = tick["minutes_left"]
             if m.low(left):
                 payload = {"consultation_id": tick["consultation_id"], "minutes_left": left}
-                emits.append(services.emitter.emit("session:low_balance", payload, room))
-    if emits:
-        await asyncio.gather(*emits)
+                items.append(("session:low_balance", payload, room))
+    if not items:
+        return
+    emitter = services.emitter
+    if isinstance(emitter, BatchEmitter):
+        # One Redis message for the whole batch (realtime.server.BatchingRedisManager).
+        await emitter.emit_many(items)
+    else:
+        for event, data, room in items:  # in order: a consultation's tick before its warning
+            await emitter.emit(event, data, room)
 
 
 async def charge_meters(

@@ -2,13 +2,15 @@
 
     .venv/bin/python tests/bench/meter.py [--sessions 20000] [--minute 10] [--duration 40]
                                           [--processes 2] [--batch-size 500] [--concurrency 2]
-                                          [--no-emit]
+                                          [--no-emit] [--listen]
 
 Creates `astrolive_bench_<random>` on the server of DATABASE_URL (default: the local server) and
 a private redis-server, migrates, makes N users with funded wallets, N astrologers and N accepted
 consultations, and starts all the sessions with their start times spread evenly over one minute
 (a steady state: as many minutes fall due every second). `--processes` meter loops (each its own
-OS process, as web processes would run them) charge for `--duration` seconds. Then it prints
+OS process, as web processes would run them) charge for `--duration` seconds; with `--listen`
+each is also subscribed to the Socket.IO fan-out as a web process with clients is, so it receives
+and filters the other's tick batches. Then it prints
 charges/s and the lag between each minute's due time and its charge (p50, p99, max), and checks
 the ledger: every minute due before the end charged exactly once, none twice, none missing.
 Target (issue 7): 20,000 sessions with every minute charged within 2 s of its due time.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -163,7 +166,17 @@ async def run_loop(args: argparse.Namespace) -> None:
     """One meter process: charge until SIGTERM."""
     settings = settings_for(args, args.dsn, args.redis_url)
     emitter: Any = NullEmitter()
-    if not args.no_emit:
+    sio: Any = None
+    if args.listen:
+        # As a web process with clients: its Socket.IO manager subscribed to the fan-out channel,
+        # so it also receives (and filters for local rooms) every other process's emits.
+        from realtime.server import SioEmitter, create_sio
+
+        sio = create_sio(settings, args.redis_url)
+        sio.manager_initialized = True
+        sio.manager.initialize()
+        emitter = SioEmitter(sio)
+    elif not args.no_emit:
         from realtime.server import write_only_emitter
 
         emitter = write_only_emitter(args.redis_url)
@@ -174,6 +187,11 @@ async def run_loop(args: argparse.Namespace) -> None:
         async with meter.running_loop(services):
             await stop.wait()
     finally:
+        if sio is not None:
+            sio.manager.thread.cancel()  # the subscription task
+            with contextlib.suppress(asyncio.CancelledError):
+                await sio.manager.thread
+            await sio.manager.redis.aclose()
         await close_services(services)
 
 
@@ -241,6 +259,8 @@ async def main(args: argparse.Namespace) -> int:
                "--concurrency", str(args.concurrency)]  # fmt: skip
         if args.no_emit:
             cmd.append("--no-emit")
+        if args.listen:
+            cmd.append("--listen")
         # Popen only forks; the processes run on their own while this coroutine sleeps.
         procs = [subprocess.Popen(cmd) for _ in range(args.processes)]  # noqa: ASYNC220  # our own script, started once
         await asyncio.sleep(max(0.0, first - time.time()) + args.duration)
@@ -267,7 +287,8 @@ async def main(args: argparse.Namespace) -> int:
         print(
             f"sessions={args.sessions} minute={args.minute}s duration={args.duration}s "
             f"processes={args.processes} batch={args.batch_size} concurrency={args.concurrency} "
-            f"emit={'off' if args.no_emit else 'on'} cpus={os.cpu_count()}"
+            f"emit={'off' if args.no_emit else 'on'} listen={'on' if args.listen else 'off'} "
+            f"cpus={os.cpu_count()}"
         )
         print(
             f"charges={r['charges']} in {span:.1f} s = {r['charges'] / max(span, 1e-9):.0f}/s "
@@ -305,6 +326,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--no-emit", action="store_true")
+    parser.add_argument(
+        "--listen",
+        action="store_true",
+        help="each meter process also subscribes to the Socket.IO fan-out, as a web process does",
+    )
     parser.add_argument("--loop-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)

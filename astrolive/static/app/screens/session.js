@@ -197,10 +197,16 @@ async function loadHistoryRest() {
   for (const m of page.items || page.messages || []) addMessage(m);
 }
 
+// Statuses only move forward. An answer fetched before the session ended (or before the worker
+// finalized it) may arrive after `session:ended`: it must not take the screen back to `active`.
+const RANK = { scheduled: 0, requested: 1, accepted: 2, active: 3 };
+const rank = (status) => RANK[status] ?? 4;
+
 function update(next) {
   const c = current();
   if (!c || c.id !== next.id) return;
   const before = c.status;
+  if (rank(next.status) < rank(before)) return; // a stale answer: what we hold is newer
   state.consultation = { ...c, ...next };
   render();
   if (before !== next.status) system(`The consultation is ${next.status}` +
