@@ -186,3 +186,16 @@ async def test_serve_shuts_down_gracefully_on_sigterm(settings: Settings) -> Non
     code = await server.stop()
     assert code == 0
     assert asyncio.get_running_loop().time() - started < 12
+
+
+def test_env_example_documents_every_setting() -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / ".env.example").read_text()
+    missing = [
+        name.upper()
+        for name in Settings.model_fields
+        if not re.search(rf"^#? ?{name.upper()}=", text, re.MULTILINE)
+    ]
+    assert missing == []
