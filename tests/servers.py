@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 import aiohttp
 
@@ -35,22 +37,39 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 class ServerProcess:
-    """`python -m astrolive serve --port N` in a child process."""
+    """`python -m astrolive serve --port N` in a child process; its output goes to `log` when
+    given (for a test to read after a failure), else nowhere."""
 
-    def __init__(self, env: Mapping[str, str], port: int | None = None) -> None:
+    def __init__(
+        self, env: Mapping[str, str], port: int | None = None, log: Path | None = None
+    ) -> None:
         self.env = dict(env)
         self.port = port or embedded.free_port()
+        self.log = log
         self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def process_id(self) -> str:
+        """How the server names itself in meter events (`host:pid`)."""
+        assert self.proc is not None
+        return f"{socket.gethostname()}:{self.proc.pid}"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, wait_seconds: float = 20) -> ServerProcess:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "astrolive", "serve", "--port", str(self.port),
-            env=self.env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        # The log file is opened here, before any awaiting, and handed to the child.
+        out = self.log.open("wb") if self.log else None  # a local file, opened once
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "astrolive", "serve", "--port", str(self.port),
+                env=self.env, stdout=out or asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+        finally:
+            if out is not None:
+                out.close()  # the child holds its own copy of the descriptor
         deadline = asyncio.get_running_loop().time() + wait_seconds
         async with aiohttp.ClientSession() as http:
             while True:

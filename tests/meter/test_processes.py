@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +16,6 @@ import pytest
 
 from core.services import Services
 from core.settings import Settings
-from db import embedded
 from db.identity import get_user
 from tests.factories import token_for
 from tests.meter.support import (
@@ -31,50 +26,12 @@ from tests.meter.support import (
     start,
     wait_for,
 )
+from tests.servers import ServerProcess
 
 MINUTE = 0.5
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
-
-
-class Server:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = embedded.free_port()
-        self.log = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "astrolive", "serve", "--port", str(self.port)],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.process_id = f"{socket.gethostname()}:{self.proc.pid}"
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    async def ready(self, within: float = 20) -> None:
-        deadline = time.monotonic() + within
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, "server exited"
-                try:
-                    async with http.get(self.url + "/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError("server did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture
@@ -96,13 +53,14 @@ def server_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def servers(server_env: dict[str, str], tmp_path: Path) -> Iterator[list[Server]]:
-    started = [Server(server_env, tmp_path / f"server{i}.log") for i in range(2)]
+async def servers(server_env: dict[str, str], tmp_path: Path) -> AsyncIterator[list[ServerProcess]]:
+    started = [ServerProcess(server_env, log=tmp_path / f"server{i}.log") for i in range(2)]
     try:
         yield started
     finally:
         for server in started:
-            server.stop()
+            if server.proc is not None:
+                await server.stop()
 
 
 async def _charged_by(db: asyncpg.Pool[Any], cid: Any) -> list[tuple[int, str]]:
@@ -115,10 +73,10 @@ async def _charged_by(db: asyncpg.Pool[Any], cid: Any) -> list[tuple[int, str]]:
 
 
 async def test_kill_9_of_the_charging_process_loses_and_doubles_no_minute(
-    servers: list[Server], services: Services, db: asyncpg.Pool[Any], settings: Settings
+    servers: list[ServerProcess], services: Services, db: asyncpg.Pool[Any], settings: Settings
 ) -> None:
     for server in servers:
-        await server.ready()
+        await server.start()
     victim, survivor = servers
     s = await accepted_consultation(db, rate=100, wallet=100_000)
     async with heartbeats(services, s):
@@ -128,8 +86,9 @@ async def test_kill_9_of_the_charging_process_loses_and_doubles_no_minute(
             return any(by == victim.process_id for _, by in await _charged_by(db, s.id))
 
         await wait_for(victim_charged, within=30)
-        victim.proc.send_signal(signal.SIGKILL)
-        victim.proc.wait()
+        victim.kill()
+        assert victim.proc is not None
+        await victim.proc.wait()
         killed_at = time.time()
         await asyncio.sleep(8 * MINUTE)
         account = await get_user(db, s.user_id)
