@@ -52,16 +52,17 @@ class PayoutOut(Output):
     astrologer_id: uuid.UUID
     amount: int
     currency: str
-    status: Literal["requested", "approved", "paid", "failed"]
+    status: Literal["requested", "approved", "paid", "failed", "rejected"]
     provider_ref: str | None = None
     failure_reason: str | None = None
+    rejection_reason: str | None = None
     approved_at: datetime | None = None
     paid_at: datetime | None = None
     created_at: datetime
 
 
 class PayoutsQuery(ListQuery):
-    status: Literal["requested", "approved", "paid", "failed"] | None = None
+    status: Literal["requested", "approved", "paid", "failed", "rejected"] | None = None
 
 
 @router.post(
@@ -71,7 +72,7 @@ class PayoutsQuery(ListQuery):
     response=RefundOut,
     status=201,
     idempotent=True,
-    errors={404: "no such consultation", 409: "more than is left to refund"},
+    errors={404: "no such consultation", 409: "refund_exceeds_charged: more than is left"},
 )
 async def refund_consultation(call: Call) -> RefundOut:
     """POST /v1/admin/refunds
@@ -100,7 +101,10 @@ async def refund_consultation(call: Call) -> RefundOut:
     response=CardRefundOut,
     status=202,
     idempotent=True,
-    errors={402: "the wallet already spent it", 409: "more than the recharge credited"},
+    errors={
+        402: "insufficient_balance: the wallet already spent it",
+        409: "refund_exceeds_charged: more than the recharge credited, or not_refundable",
+    },
 )
 async def refund_recharge(call: Call) -> CardRefundOut:
     """POST /v1/admin/recharges/{id}/refund
@@ -142,7 +146,7 @@ async def list_payouts(call: Call) -> Page[PayoutOut]:
     "/v1/admin/payouts/{id}/approve",
     access="admin",
     response=PayoutOut,
-    errors={404: "no such payout", 409: "not waiting for approval"},
+    errors={404: "no such payout", 409: "payout_not_pending: not waiting for approval"},
 )
 async def approve_payout(call: Call) -> PayoutOut:
     """POST /v1/admin/payouts/{id}/approve
@@ -154,4 +158,28 @@ async def approve_payout(call: Call) -> PayoutOut:
             conn, payout_id=payout_id, admin_id=call.principal.user_id
         )
     await payouts.enqueue_execution(call.services, payout.id)
+    return PayoutOut.model_validate(payout)
+
+
+class RejectPayoutIn(Input):
+    reason: str = Field(min_length=1, max_length=500, description="told to the astrologer")
+
+
+@router.post(
+    "/v1/admin/payouts/{id}/reject",
+    access="admin",
+    body=RejectPayoutIn,
+    response=PayoutOut,
+    errors={404: "no such payout", 409: "payout_not_pending: not waiting for approval"},
+)
+async def reject_payout(call: Call) -> PayoutOut:
+    """POST /v1/admin/payouts/{id}/reject
+
+    Reject a requested payout: the reserved amount goes back to the astrologer's earnings at
+    once. A payout already approved is in the provider's hands and cannot be rejected (409)."""
+    body = call.body(RejectPayoutIn)
+    async with call.services.db.acquire() as conn:
+        payout = await payouts.reject_payout(
+            conn, payout_id=call.uuid("id"), admin_id=call.principal.user_id, reason=body.reason
+        )
     return PayoutOut.model_validate(payout)

@@ -10,19 +10,27 @@ from pydantic import AwareDatetime, Field, model_validator
 from api.framework import Call, Router
 from api.models import Input, Output
 from consultations import promos
-from consultations.lifecycle import iso
+from core.times import rfc3339
 
 router = Router("admin")
+
+
+INT32_MAX = 2**31 - 1
 
 
 class PromoIn(Input):
     code: str = Field(pattern=r"^[A-Za-z0-9_-]{3,32}$", examples=["FIRST50"])
     kind: Literal["percent", "flat", "free_minutes"]
+    # Bounded by the columns (PostgreSQL integer): issue 14, no input is a server error.
     value: int = Field(
-        gt=0, description="percent off the rate (1-100), a flat amount in minor units, or minutes"
+        gt=0,
+        le=INT32_MAX,
+        description="percent off the rate (1-100), a flat amount in minor units, or minutes",
     )
-    max_uses: int | None = Field(None, gt=0, description="total uses; null: unlimited")
-    per_user: int = Field(1, gt=0, description="uses per user")
+    max_uses: int | None = Field(
+        None, gt=0, le=INT32_MAX, description="total uses; null: unlimited"
+    )
+    per_user: int = Field(1, gt=0, le=INT32_MAX, description="uses per user")
     valid_from: AwareDatetime | None = None
     valid_until: AwareDatetime | None = None
     first_consultation_only: bool = False
@@ -55,7 +63,7 @@ class PromoOut(Output):
         data = p.to_public()
         for field in ("valid_from", "valid_until", "created_at"):
             value = data[field]
-            data[field] = iso(value) if isinstance(value, datetime) else value
+            data[field] = rfc3339(value) if isinstance(value, datetime) else value
         return cls(**data)
 
 

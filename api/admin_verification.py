@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from api.astrologer_profile import DocumentOut, ProfileOut
+from api.astrologer_profile import AstrologerProfileOut, DocumentOut
 from api.framework import Call, Router
 from api.models import Input, ListQuery, Output, Page, encode_cursor, time_id_cursor
-from api.storage import STORAGE
 from auth import admin, profiles
+from core.storage import STORAGE
 
 router = Router("admin")
 
@@ -19,7 +19,7 @@ class QueueQuery(ListQuery):
     verification: Literal["pending", "approved", "rejected"] = "pending"
 
 
-class QueueItemOut(ProfileOut):
+class QueueItemOut(AstrologerProfileOut):
     phone: str
     documents: list[DocumentOut]
 
@@ -55,7 +55,7 @@ async def verification_queue(call: Call) -> Page[QueueItemOut]:
     storage = call.request.app[STORAGE]
     out = [
         QueueItemOut(
-            **ProfileOut.of(i.profile).model_dump(),
+            **AstrologerProfileOut.of(i.profile).model_dump(),
             phone=i.phone,
             documents=[DocumentOut.of(d, storage) for d in docs.get(i.profile.user_id, [])],
         )
@@ -72,9 +72,9 @@ async def verification_queue(call: Call) -> Page[QueueItemOut]:
     "/v1/admin/astrologers/{id}/verification",
     access="admin",
     body=DecisionIn,
-    response=ProfileOut,
+    response=AstrologerProfileOut,
 )
-async def decide(call: Call) -> ProfileOut:
+async def decide(call: Call) -> AstrologerProfileOut:
     """POST /v1/admin/astrologers/{id}/verification
 
     Approve or reject (with a reason, shown to the astrologer) a profile; recorded in the audit
@@ -83,10 +83,16 @@ async def decide(call: Call) -> ProfileOut:
     profile = await admin.decide_verification(
         call.services, call.principal.user_id, call.uuid("id"), body.decision, body.reason
     )
-    return ProfileOut.of(profile)
+    return AstrologerProfileOut.of(profile)
 
 
-@router.post("/v1/admin/users/{id}/block", access="admin", body=BlockIn, response=Done)
+@router.post(
+    "/v1/admin/users/{id}/block",
+    access="admin",
+    body=BlockIn,
+    response=Done,
+    errors={409: "cannot_block_self, or cannot_block_admin (admins are managed by the CLI)"},
+)
 async def block_user(call: Call) -> Done:
     """POST /v1/admin/users/{id}/block
 
@@ -98,7 +104,13 @@ async def block_user(call: Call) -> Done:
     return Done()
 
 
-@router.post("/v1/admin/users/{id}/unblock", access="admin", body=BlockIn, response=Done)
+@router.post(
+    "/v1/admin/users/{id}/unblock",
+    access="admin",
+    body=BlockIn,
+    response=Done,
+    errors={409: "cannot_block_self, or cannot_block_admin (admins are managed by the CLI)"},
+)
 async def unblock_user(call: Call) -> Done:
     """POST /v1/admin/users/{id}/unblock
 

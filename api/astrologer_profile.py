@@ -8,11 +8,13 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from api.framework import Call, Router
-from api.me import UploadIn, UploadOut, rfc3339
-from api.models import Input, Output
-from api.storage import STORAGE, Storage
+from api.me import UploadIn, UploadOut
+from api.models import Input, Output, RatesOut
 from auth import profiles
+from core import ratelimit
 from core.errors import NotFound
+from core.storage import STORAGE, Storage
+from core.times import rfc3339
 
 router = Router("astrologer")
 
@@ -23,6 +25,8 @@ class RatesIO(Input):
     chat: int | None = Field(None, description="per minute, minor units; null: not offered")
     voice: int | None = None
     video: int | None = None
+    # Issue 16: a fixed price per written question (>= QUESTION_MIN_PRICE); null: not offered.
+    question: int | None = Field(None, description="per question, minor units; null: no questions")
 
 
 class ProfileIn(Input):
@@ -50,13 +54,7 @@ class ProfileIn(Input):
         return list(dict.fromkeys(cleaned))
 
 
-class RatesOut(Output):
-    chat: int | None
-    voice: int | None
-    video: int | None
-
-
-class ProfileOut(Output):
+class AstrologerProfileOut(Output):
     id: str
     display_name: str
     bio: str
@@ -70,7 +68,7 @@ class ProfileOut(Output):
     updated_at: str
 
     @classmethod
-    def of(cls, p: profiles.AstrologerProfile) -> ProfileOut:
+    def of(cls, p: profiles.AstrologerProfile) -> AstrologerProfileOut:
         return cls(
             id=str(p.user_id),
             display_name=p.display_name,
@@ -78,7 +76,12 @@ class ProfileOut(Output):
             skills=p.skills,
             languages=p.languages,
             experience_years=p.experience_years,
-            rates=RatesOut(chat=p.rates.chat, voice=p.rates.voice, video=p.rates.video),
+            rates=RatesOut(
+                chat=p.rates.chat,
+                voice=p.rates.voice,
+                video=p.rates.video,
+                question=p.rates.question,
+            ),
             verification=p.verification,  # type: ignore[arg-type]  # the column's CHECK allows only these
             verification_reason=p.verification_reason,
             created_at=rfc3339(p.created_at),
@@ -118,13 +121,18 @@ class DocumentsOut(Output):
     items: list[DocumentOut]
 
 
-@router.put("/v1/astrologer/profile", access="astrologer", body=ProfileIn, response=ProfileOut)
-async def put_profile(call: Call) -> ProfileOut:
+@router.put(
+    "/v1/astrologer/profile", access="astrologer", body=ProfileIn, response=AstrologerProfileOut
+)
+async def put_profile(call: Call) -> AstrologerProfileOut:
     """PUT /v1/astrologer/profile
 
     Create or replace the caller's profile. Rates are per minute in minor units within
     MIN_RATE..MAX_RATE; null means that type is not offered. A new profile (or a rejected one saved
-    again) is `pending` until an admin approves it; only approved astrologers are listed."""
+    again) is `pending` until an admin approves it; only approved astrologers are listed. An
+    approved profile goes back to `pending` (unlisted until approved again) when its display name
+    changes, a rate rises by more than RATE_REVIEW_STEP_PERCENT (default 20) or a type is newly
+    offered; a new photo (POST /v1/me/avatar) does the same."""
     body = call.body(ProfileIn)
     profile = await profiles.save_astrologer_profile(
         call.services.db,
@@ -135,24 +143,30 @@ async def put_profile(call: Call) -> ProfileOut:
         skills=body.skills,
         languages=body.languages,
         experience_years=body.experience_years,
-        rates=profiles.Rates(body.rates.chat, body.rates.voice, body.rates.video),
+        rates=profiles.Rates(
+            body.rates.chat, body.rates.voice, body.rates.video, body.rates.question
+        ),
     )
-    return ProfileOut.of(profile)
+    return AstrologerProfileOut.of(profile)
 
 
-@router.get("/v1/astrologer/profile", access="astrologer", response=ProfileOut)
-async def get_profile(call: Call) -> ProfileOut:
+@router.get("/v1/astrologer/profile", access="astrologer", response=AstrologerProfileOut)
+async def get_profile(call: Call) -> AstrologerProfileOut:
     """GET /v1/astrologer/profile
 
     The caller's own profile with its verification state and any rejection reason."""
     profile = await profiles.get_astrologer_profile(call.services.db, call.principal.user_id)
     if profile is None:
         raise NotFound("no profile yet; PUT one first")
-    return ProfileOut.of(profile)
+    return AstrologerProfileOut.of(profile)
 
 
 @router.post(
-    "/v1/astrologer/documents", access="astrologer", body=DocumentIn, response=DocumentUploadOut
+    "/v1/astrologer/documents",
+    access="astrologer",
+    body=DocumentIn,
+    response=DocumentUploadOut,
+    rate_limit=ratelimit.UPLOAD,
 )
 async def upload_document(call: Call) -> DocumentUploadOut:
     """POST /v1/astrologer/documents

@@ -97,7 +97,7 @@ async def get_status(call: Call) -> StatusOut:
 
     Your current presence as users see it."""
     status = await presence.get_status(call.services.redis, call.principal.user_id)
-    return StatusOut(status=status)  # type: ignore[arg-type]  # presence returns one of the three
+    return StatusOut(status=status)
 
 
 @router.put(

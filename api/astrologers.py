@@ -9,11 +9,20 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from api.framework import Call, Router
-from api.models import Input, ListQuery, Output, Page, decode_cursor, encode_cursor, time_id_cursor
-from api.storage import STORAGE
+from api.models import (
+    Input,
+    ListQuery,
+    Output,
+    Page,
+    RatesOut,
+    decode_cursor,
+    encode_cursor,
+    time_id_cursor,
+)
 from consultations import booking, discovery, presence, reviews, waitlist
-from consultations.lifecycle import iso
 from core.errors import NotFound
+from core.storage import STORAGE
+from core.times import rfc3339
 
 router = Router("astrologers")
 
@@ -34,12 +43,6 @@ class ListIn(ListQuery):
     @classmethod
     def _lower(cls, value: str | None) -> str | None:
         return value.lower() if value else value
-
-
-class RatesOut(Output):
-    chat: int | None
-    voice: int | None
-    video: int | None
 
 
 class RatingOut(Output):
@@ -68,7 +71,12 @@ class AstrologerOut(Output):
             "skills": a.skills,
             "languages": a.languages,
             "experience_years": a.experience_years,
-            "rates": {"chat": a.rate_chat, "voice": a.rate_voice, "video": a.rate_video},
+            "rates": {
+                "chat": a.rate_chat,
+                "voice": a.rate_voice,
+                "video": a.rate_video,
+                "question": a.rate_question,  # issue 16
+            },
             "rating": {"average": float(a.rating_avg), "count": a.rating_count},
             "status": status,
             "avatar_url": storage.download_url(a.avatar_key)
@@ -85,7 +93,8 @@ class ReviewUserOut(Output):
 
 class ReviewOut(Output):
     id: str
-    consultation_id: str
+    consultation_id: str | None  # issue 16: null for the review of a question
+    question_id: str | None = None  # issue 16
     user: ReviewUserOut
     rating: int
     comment: str | None
@@ -138,7 +147,7 @@ class WaitlistOut(Output):
             type=place.type,
             status=place.status,  # type: ignore[arg-type]  # PLACE selects only open entries
             position=place.position,
-            offer_expires_at=iso(place.offer_expires_at),
+            offer_expires_at=rfc3339(place.offer_expires_at),
         )
 
 
@@ -243,7 +252,7 @@ async def get_slots(call: Call) -> SlotsOut:
         date=day.isoformat(),
         timezone=availability.timezone,
         slot_minutes=settings.slot_minutes,
-        slots=[SlotOut(start=iso(s.start) or "", end=iso(s.end) or "") for s in slots],
+        slots=[SlotOut(start=rfc3339(s.start) or "", end=rfc3339(s.end) or "") for s in slots],
     )
 
 

@@ -9,8 +9,8 @@ from pydantic import Field
 from api.framework import Call, Router
 from api.me import UserOut
 from api.models import Input, Output
-from api.storage import STORAGE
 from auth import otp, sessions
+from core.storage import STORAGE
 
 router = Router("auth")
 
@@ -75,7 +75,11 @@ async def request_otp(call: Call) -> OtpOut:
     access="public",
     body=VerifyIn,
     response=TokensOut,
-    errors={401: "invalid_otp, or otp_expired (expired, used, or burnt after 5 wrong codes)"},
+    errors={
+        401: "invalid_otp, or otp_expired (expired, used, or burnt after 5 wrong codes)",
+        429: "too many wrong codes for this phone, or from this client IP, in the hour "
+        "(OTP_MAX_WRONG_PER_PHONE_HOUR, OTP_MAX_WRONG_PER_IP_HOUR); see Retry-After",
+    },
 )
 async def verify_otp(call: Call) -> TokensOut:
     """POST /v1/auth/verify

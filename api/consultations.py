@@ -6,21 +6,35 @@ The live session itself (`/end`, join, the meter) belongs to billing/ and realti
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, model_validator
 
+from api.astrologers import ReviewOut
+from api.consultation_out import (
+    ConsultationOut,
+    ConsultationType,
+    Status,
+    breakdown_lines,
+)
 from api.framework import Call, Router
 from api.models import Input, ListQuery, Output, Page, encode_cursor, time_id_cursor
-from api.session_end import MeterLine, breakdown_lines
-from consultations import booking, lifecycle, reviews
+from api.profiles import ConsultationWithProfilesOut
+from auth import birth_profiles
+from consultations import booking, lifecycle, reminders, reviews, shortfall
+from core import ratelimit
+from core.times import rfc3339
+from support import tickets
 
 router = Router("consultations")
 
-ConsultationType = Literal["chat", "voice", "video"]
-Status = Literal[
-    "scheduled", "requested", "accepted", "active", "completed", "rejected", "missed", "cancelled"
-]
+
+class ShortfallIn(Input):
+    gateway: Literal["stripe", "razorpay", "test"]
+
+
+class RescheduleIn(Input):
+    scheduled_at: AwareDatetime = Field(description="a free slot's `start` of the same astrologer")
 
 
 class CreateIn(Input):
@@ -30,6 +44,25 @@ class CreateIn(Input):
         None, description="book this slot (a `start` from /v1/astrologers/{id}/slots)"
     )
     promo_code: str | None = Field(None, min_length=1, max_length=32)
+    # Issue 17: a booking the wallet cannot hold is kept while this gateway pays the shortfall.
+    pay_shortfall: ShortfallIn | None = Field(
+        None,
+        description="with scheduled_at: when the wallet is short, answer `awaiting_payment` with "
+        "a recharge of exactly the shortfall instead of 402",
+    )
+    # Issue 16: birth profiles shown to the astrologer (a frozen copy); default: your self profile.
+    profile_ids: list[uuid.UUID] | None = Field(
+        None,
+        max_length=2,
+        description="your birth profiles to show the astrologer (default: your `self` profile "
+        "when it has a birth date); a frozen copy is kept on the consultation",
+    )
+
+    @model_validator(mode="after")
+    def _shortfall_needs_a_slot(self) -> CreateIn:  # issue 17
+        if self.pay_shortfall is not None and self.scheduled_at is None:
+            raise ValueError("pay_shortfall is for bookings: give scheduled_at")
+        return self
 
 
 class ListIn(ListQuery):
@@ -49,66 +82,8 @@ class ComplaintIn(Input):
     reason: str = Field(min_length=1, max_length=2000)
 
 
-class UserRef(Output):
-    id: str
-    name: str | None
-
-
-class AstrologerRef(Output):
-    id: str
-    display_name: str | None
-
-
-class ConsultationOut(Output):
-    id: str
-    user: UserRef
-    astrologer: AstrologerRef
-    user_id: str
-    astrologer_id: str
-    type: ConsultationType
-    status: Status
-    end_reason: str | None
-    rate: int = Field(description="what the user pays a minute, minor units (after a promo)")
-    list_rate: int = Field(description="the astrologer's own rate a minute")
-    currency: str
-    free_minutes: int
-    promo_credit: int = Field(description="a flat promo: paid by the platform first")
-    promo_applied: bool
-    max_minutes: int | None = Field(
-        description="on creation: minutes the wallet affords now; later: the session cap"
-    )
-    scheduled_at: str | None
-    scheduled_end: str | None
-    requested_at: str | None
-    expires_at: str | None = Field(description="while requested: when it becomes missed")
-    accepted_at: str | None
-    started_at: str | None
-    ended_at: str | None
-    billed_minutes: int
-    total_charged: int
-    close_reason: str | None
-    created_at: str | None
-    # GET /v1/consultations/{id} only: the bill line by line (api/session_end.py, billing.meter).
-    breakdown: list[MeterLine] | None = None
-
-    @classmethod
-    def of(cls, c: lifecycle.Consultation, call: Call) -> ConsultationOut:
-        data: dict[str, Any] = lifecycle.to_public(
-            c, request_timeout_seconds=call.services.settings.request_timeout_seconds
-        )
-        return cls.model_validate(data)
-
-
-class ReviewOut(Output):
-    id: str
-    consultation_id: str
-    rating: int
-    comment: str | None
-    created_at: str | None
-
-
 class ComplaintOut(Output):
-    id: str
+    id: str = Field(description="the refund ticket's id (GET /v1/support/tickets/{id})")
     consultation_id: str
     reason: str
     status: str
@@ -125,15 +100,30 @@ _CONFLICTS = "astrologer_busy, astrologer_offline, slot_taken, invalid_state"
     response=ConsultationOut,
     status=201,
     idempotent=True,
-    errors={402: "insufficient_balance", 409: _CONFLICTS, 422: "invalid_promo"},
+    errors={
+        402: "insufficient_balance (a booking: details.shortfall, unless pay_shortfall)",
+        404: "no such astrologer (or not a verified one)",
+        409: _CONFLICTS,
+        422: "invalid_promo",
+    },
+    rate_limit=ratelimit.CONSULTATION_REQUEST,
 )
 async def create_consultation(call: Call) -> ConsultationOut:
     """POST /v1/consultations
 
     Request an instant consultation (`requested`; the astrologer has REQUEST_TIMEOUT_SECONDS to
     accept) or, with `scheduled_at`, book a slot (`scheduled`, the slot's price held in the
-    wallet). The rate, share, free minutes and promo are frozen on it. Honours Idempotency-Key."""
+    wallet). The rate, share, free minutes and promo are frozen on it. Honours Idempotency-Key.
+
+    A booking the wallet cannot hold is `402 insufficient_balance` with `details.shortfall`; with
+    `pay_shortfall: {gateway}` it is instead `awaiting_payment` with `payment_due_at` and a
+    `recharge` of exactly the shortfall (GST on top): pay it within BOOKING_PAYMENT_SECONDS and
+    the booking becomes `scheduled`; otherwise it becomes `expired`, the slot is free again, and
+    money that arrives later stays in the wallet."""
     body = call.body(CreateIn)
+    # Issue 16: the birth profiles to freeze, checked (another person's id: 404) before anything.
+    async with call.services.db.acquire() as conn:
+        frozen = await birth_profiles.freeze(conn, call.principal.user_id, body.profile_ids)
     if body.scheduled_at is not None:
         c = await booking.book(
             call.services,
@@ -142,7 +132,11 @@ async def create_consultation(call: Call) -> ConsultationOut:
             type_=body.type,
             scheduled_at=body.scheduled_at,
             promo_code=body.promo_code,
+            pay_shortfall=body.pay_shortfall.gateway if body.pay_shortfall else None,  # issue 17
         )
+        await birth_profiles.attach_txn(call.services.db, c.id, frozen)  # issue 16
+        if c.status == "awaiting_payment":  # issue 17
+            return await _with_payment(call, ConsultationOut.of(c, call))
     else:
         c = await lifecycle.request(
             call.services,
@@ -150,6 +144,7 @@ async def create_consultation(call: Call) -> ConsultationOut:
             astrologer_id=body.astrologer_id,
             type_=body.type,
             promo_code=body.promo_code,
+            profiles=frozen,  # issue 16
         )
     return ConsultationOut.of(c, call)
 
@@ -183,7 +178,11 @@ async def list_consultations(call: Call) -> Page[ConsultationOut]:
     )
 
 
-@router.get("/v1/consultations/{id}", access="authenticated", response=ConsultationOut)
+@router.get(
+    "/v1/consultations/{id}",
+    access="authenticated",
+    response=ConsultationWithProfilesOut,  # issue 16: `profiles` only for its astrologer
+)
 async def get_consultation(call: Call) -> ConsultationOut:
     """GET /v1/consultations/{id}
 
@@ -196,6 +195,14 @@ async def get_consultation(call: Call) -> ConsultationOut:
     )
     out = ConsultationOut.of(c, call)
     out.breakdown = await breakdown_lines(call, c)
+    if c.status == "awaiting_payment" and call.principal.user_id == c.user_id:  # issue 17
+        out = await _with_payment(call, out)
+    # Issue 16: its astrologer sees the frozen birth profiles (within PROFILE_VISIBLE_DAYS).
+    shown = await birth_profiles.visible_profiles(
+        call.services.db, call.services.settings, c.id, call.principal.user_id
+    )
+    if shown is not None:
+        return ConsultationWithProfilesOut.model_validate({**out.model_dump(), "profiles": shown})
     return out
 
 
@@ -254,6 +261,8 @@ async def cancel_consultation(call: Call) -> ConsultationOut:
         user_id=call.principal.user_id,
         reason=call.body(ReasonIn).reason,
     )
+    if c.scheduled_at is not None:  # issue 17: a booking's cancellation, both sides told
+        await reminders.announce(call.services, c, "booking_cancelled")
     return ConsultationOut.of(c, call)
 
 
@@ -264,6 +273,7 @@ async def cancel_consultation(call: Call) -> ConsultationOut:
     response=ReviewOut,
     status=201,
     errors={409: "already_reviewed, invalid_state (not completed)"},
+    rate_limit=ratelimit.REVIEW,
 )
 async def review_consultation(call: Call) -> ReviewOut:
     """POST /v1/consultations/{id}/review
@@ -278,13 +288,7 @@ async def review_consultation(call: Call) -> ReviewOut:
             rating=body.rating,
             comment=body.comment,
         )
-    return ReviewOut(
-        id=str(review.id),
-        consultation_id=str(review.consultation_id),
-        rating=review.rating,
-        comment=review.comment,
-        created_at=lifecycle.iso(review.created_at),
-    )
+    return ReviewOut.of(review)
 
 
 @router.post(
@@ -293,23 +297,72 @@ async def review_consultation(call: Call) -> ReviewOut:
     body=ComplaintIn,
     response=ComplaintOut,
     status=201,
-    errors={409: "already_complained, invalid_state (no session took place)"},
+    errors={
+        404: "not your consultation",
+        409: "ticket_exists, invalid_state (not ended), refund_window_closed",
+    },
+    rate_limit=ratelimit.TICKET,
 )
 async def complain(call: Call) -> ComplaintOut:
     """POST /v1/consultations/{id}/complaint
 
-    Ask for a refund review of a consultation that took place; one per consultation."""
-    async with call.services.db.acquire() as conn:
-        complaint = await reviews.complain(
-            conn,
-            consultation_id=call.uuid("id"),
-            user_id=call.principal.user_id,
-            reason=call.body(ComplaintIn).reason,
-        )
-    return ComplaintOut(
-        id=str(complaint.id),
-        consultation_id=str(complaint.consultation_id),
-        reason=complaint.reason,
-        status=complaint.status,
-        created_at=lifecycle.iso(complaint.created_at),
+    Ask for a refund review of a consultation of yours that ended: opens a `refund` support
+    ticket (its id is the answer's `id`; follow it under /v1/support/tickets). One open refund
+    ticket per consultation (409 ticket_exists)."""
+    consultation_id = call.uuid("id")
+    ticket = await tickets.open_ticket(
+        call.services,
+        author_id=call.principal.user_id,
+        category="refund",
+        text=call.body(ComplaintIn).reason,
+        consultation_id=consultation_id,
     )
+    return ComplaintOut(
+        id=str(ticket.id),
+        consultation_id=str(consultation_id),
+        reason=ticket.text,
+        status=ticket.status,
+        created_at=rfc3339(ticket.created_at),
+    )
+
+
+# -- issue 17: bookings paid by shortfall, rescheduling ---------------------------------------
+
+
+async def _with_payment(call: Call, out: ConsultationOut) -> ConsultationOut:
+    """A booking in `awaiting_payment` with its due time and the recharge to pay."""
+    from api.wallet import recharge_out
+
+    due, recharge = await shortfall.payment_of(call.services.db, uuid.UUID(out.id))
+    out.payment_due_at = rfc3339(due)
+    if recharge is not None:
+        shown = recharge_out(recharge, call.services.settings.razorpay_key_id)
+        out.recharge = shown.model_dump(mode="json", exclude_none=True)
+    return out
+
+
+@router.post(
+    "/v1/consultations/{id}/reschedule",
+    access="user",
+    body=RescheduleIn,
+    response=ConsultationOut,
+    idempotent=True,
+    errors={
+        404: "not your consultation",
+        409: "invalid_state (not scheduled), reschedule_too_late, slot_taken",
+        422: "not a future slot of the astrologer",
+    },
+)
+async def reschedule_consultation(call: Call) -> ConsultationOut:
+    """POST /v1/consultations/{id}/reschedule
+
+    Move your `scheduled` booking to another free slot of the same astrologer, before the
+    cancellation cut-off (CANCEL_FULL_REFUND_HOURS before it); the hold moves with it, both sides
+    are told, and the reminders follow the new time."""
+    c = await reminders.reschedule(
+        call.services,
+        consultation_id=call.uuid("id"),
+        user_id=call.principal.user_id,
+        scheduled_at=call.body(RescheduleIn).scheduled_at,
+    )
+    return ConsultationOut.of(c, call)

@@ -9,6 +9,7 @@ from api.framework import Call, Router
 from api.models import Input, ListQuery, Output, encode_cursor, int_cursor
 from api.wallet import TransactionOut
 from billing import payouts, statements
+from core import ratelimit
 
 router = Router("earnings")
 
@@ -63,10 +64,11 @@ async def get_earnings(call: Call) -> EarningsOut:
     status=201,
     idempotent=True,
     errors={
-        402: "the earnings do not cover it",
-        409: "a payout is already pending",
+        402: "insufficient_earnings: the earnings do not cover it",
+        409: "payout_pending: a payout is already pending",
         422: "below the minimum",
     },
+    rate_limit=ratelimit.PAYOUT,
 )
 async def request_payout(call: Call) -> PayoutOut:
     """POST /v1/astrologer/payouts

@@ -1,6 +1,6 @@
 """The local file store's endpoints (used when S3_BUCKET is unset): signed PUT and GET of a file.
 
-The URLs come from `api.storage.LocalStorage`; the signature is the credential, as with S3's
+The URLs come from `core.storage.LocalStorage`; the signature is the credential, as with S3's
 presigned URLs, so the routes are public. With S3 configured they answer 404.
 """
 
@@ -9,17 +9,23 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import os
+import time
 import uuid
 from pathlib import Path
 
 from aiohttp import web
 
 from api.framework import Call, Router
-from api.storage import STORAGE, LocalStorage
 from core.errors import AppError, Forbidden, NotFound
+from core.storage import STORAGE, LocalStorage
 
 router = Router("files")
 CHUNK_BYTES = 64 * 1024
+# A signed upload URL works once (issue 14): its signature is claimed here for as long as the URL
+# could still be used (until its expiry, plus a minute of clock margin), and given back only when
+# the upload failed, so the same URL can be retried after an error but never used twice.
+USED_UPLOAD_PREFIX = "files:used:"
+USED_MARGIN_SECONDS = 60
 
 
 def _local(call: Call) -> LocalStorage:
@@ -43,7 +49,15 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(temp, path)  # readers never see half a file
 
 
-@router.put("/v1/files", access="public", status=200)
+@router.put(
+    "/v1/files",
+    access="public",
+    status=200,
+    errors={
+        400: "the body is shorter than its Content-Length",
+        403: "invalid_signature (signature, expiry, content type or size), or upload_url_used",
+    },
+)
 async def upload_file(call: Call) -> dict[str, str]:
     """PUT /v1/files?key=..&ct=..&len=..&exp=..&sig=..
 
@@ -58,6 +72,19 @@ async def upload_file(call: Call) -> dict[str, str]:
     size = int(call.request.query.get("len", "0"))
     if request.content_length != size:
         raise Forbidden("Content-Length differs from the signed size", code="invalid_signature")
+    used = USED_UPLOAD_PREFIX + call.request.query.get("sig", "")
+    ttl = max(1, int(call.request.query.get("exp", "0")) - int(time.time())) + USED_MARGIN_SECONDS
+    if not await call.services.redis.set(used, "1", nx=True, ex=ttl):
+        raise Forbidden("this upload URL was already used", code="upload_url_used")
+    try:
+        await _receive(storage, key, request, size)
+    except BaseException:
+        await call.services.redis.delete(used)
+        raise
+    return {"key": key}
+
+
+async def _receive(storage: LocalStorage, key: str, request: web.Request, size: int) -> None:
     chunks: list[bytes] = []
     received = 0
     async for chunk in request.content.iter_chunked(CHUNK_BYTES):
@@ -68,10 +95,9 @@ async def upload_file(call: Call) -> dict[str, str]:
     if received != size:
         raise AppError("body shorter than its Content-Length", code="bad_request", status=400)
     await asyncio.to_thread(_write, storage.path_of(key), b"".join(chunks))
-    return {"key": key}
 
 
-@router.get("/v1/files", access="public")
+@router.get("/v1/files", access="public", errors={403: "the signature is invalid or expired"})
 async def download_file(call: Call) -> web.StreamResponse:
     """GET /v1/files?key=..&exp=..&sig=..
 

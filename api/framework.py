@@ -24,6 +24,9 @@ from typing import Any, Literal, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from api import encoding
+from api.middleware import client_ip
+from core import inputs, ratelimit
 from core.errors import (
     AppError,
     BadRequest,
@@ -35,8 +38,9 @@ from core.errors import (
     ValidationFailed,
     fields_from_pydantic,
 )
+from core.ratelimit import Limit
 from core.services import Services
-from core.tokens import ROLES, Principal, Role, decode_access_token
+from core.tokens import ROLES, Principal, Role
 
 M = TypeVar("M", bound=BaseModel)
 Access = Literal["public", "authenticated", "user", "astrologer", "admin"] | tuple[Role, ...]
@@ -48,11 +52,6 @@ AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
 ROUTE_SPECS = web.AppKey("route_specs", list["RouteSpec"])
 # Routes that are not part of the JSON API and declare their access by being listed here.
 INFRA_PATHS = web.AppKey("infra_paths", set[str])
-
-
-async def token_only(services: Services, token: str) -> Principal:
-    """The default authenticator: a valid access token is enough."""
-    return decode_access_token(services.settings, token)
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,10 @@ class RouteSpec:
     tag: str = ""
     idempotent: bool = False
     extra_responses: dict[int, str] = field(default_factory=dict)
+    rate_limit: Limit | None = None
+    # The view reads `Authorization` itself (a non-JWT bearer, e.g. /metrics' METRICS_TOKEN);
+    # only with access="public".
+    own_auth: bool = False
 
     def roles(self) -> tuple[Role, ...] | None:
         """The roles allowed, or None when anyone (even anonymous) may call."""
@@ -124,8 +127,6 @@ class Call:
             raise NotFound() from exc
 
     def client_ip(self) -> str:
-        from api.middleware import client_ip
-
         return client_ip(self.request, self.services.settings.trusted_proxies)
 
 
@@ -146,7 +147,11 @@ class Router:
         status: int = 200,
         idempotent: bool = False,
         errors: dict[int, str] | None = None,
+        rate_limit: Limit | None = None,
+        own_auth: bool = False,
     ) -> Callable[[Handler], Handler]:
+        assert not own_auth or access == "public", "own_auth is for public routes"
+
         def decorate(handler: Handler) -> Handler:
             doc = (handler.__doc__ or "").strip().splitlines()
             summary = next((line for line in doc[1:] if line.strip()), "") if doc else ""
@@ -164,6 +169,8 @@ class Router:
                     tag=self.tag,
                     idempotent=idempotent,
                     extra_responses=errors or {},
+                    rate_limit=rate_limit,
+                    own_auth=own_auth,
                 )
             )
             return handler
@@ -190,6 +197,8 @@ _BEARER = re.compile(r"^Bearer\s+(\S+)$", re.IGNORECASE)
 
 
 async def _authenticate(request: web.Request, spec: RouteSpec) -> Principal | None:
+    if spec.own_auth:
+        return None
     header = request.headers.get("Authorization", "")
     roles = spec.roles()
     if not header:
@@ -214,15 +223,34 @@ async def _parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel
         data: Any = {}
     else:
         try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = json.loads(raw, parse_constant=_no_constants)
+        except (ValueError, RecursionError) as exc:
+            # ValueError: bad JSON, bad UTF-8, NaN/Infinity, an integer of thousands of digits;
+            # RecursionError: nesting deeper than the parser's stack.
             raise BadRequest("request body is not valid JSON") from exc
     if not isinstance(data, dict):
         raise ValidationFailed({"body": "must be a JSON object"})
+    return _validated(model, data, "body")
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _validated(model: type[M], data: dict[str, Any], root: str) -> M:
+    """The model, or 422: what no input may carry (core/inputs.py) is checked before pydantic
+    sees the data and again on what it made of it (a query's "1e30" is a string before)."""
+    problems = inputs.problems(data, root)
+    if problems:
+        raise ValidationFailed(problems)
     try:
-        return model.model_validate(data)
+        parsed = model.model_validate(data)
     except ValidationError as exc:
         raise ValidationFailed(fields_from_pydantic(exc.errors())) from exc
+    problems = inputs.problems(parsed.model_dump(), root)
+    if problems:
+        raise ValidationFailed(problems)
+    return parsed
 
 
 def _parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
@@ -230,10 +258,14 @@ def _parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
     for key in request.query:
         values = request.query.getall(key)
         data[key] = values if len(values) > 1 else values[0]
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ValidationFailed(fields_from_pydantic(exc.errors())) from exc
+    return _validated(model, data, "query")
+
+
+def _check_path(request: web.Request) -> None:
+    """A path parameter that is not valid text names nothing: 404, as any unknown id."""
+    for value in request.match_info.values():
+        if inputs.text_problem(value):
+            raise NotFound()
 
 
 def serialise(result: Any, status: int) -> web.StreamResponse:
@@ -241,31 +273,30 @@ def serialise(result: Any, status: int) -> web.StreamResponse:
         return result
     if result is None and status == 204:
         return web.Response(status=204)
-    if isinstance(result, BaseModel):
-        # pydantic-core writes the JSON itself: the same compact UTF-8 JSON as `_dumps` of
-        # model_dump(mode="json"), about 4x faster (a 20-item listing page: ~25 µs, not ~90 µs).
-        body = result.model_dump_json().encode()
-        return web.Response(
-            body=body, status=status, content_type="application/json", charset="utf-8"
-        )
-    payload: Any
     if isinstance(result, list):
-        payload = [r.model_dump(mode="json") if isinstance(r, BaseModel) else r for r in result]
-    else:
-        payload = result
-    return web.json_response(payload, status=status, dumps=_dumps)
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
+        result = [r.model_dump(mode="json") if isinstance(r, BaseModel) else r for r in result]
+    # pydantic-core writes a model's JSON itself: the same compact UTF-8 JSON as `dumps` of
+    # model_dump(mode="json"), about 4x faster (a 20-item listing page: ~25 µs, not ~90 µs).
+    return encoding.json_response(result, status=status)
 
 
 def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def view(request: web.Request) -> web.StreamResponse:
         principal = await _authenticate(request, spec)
+        _check_path(request)
+        services = request.app[SERVICES]
+        if spec.rate_limit is not None:
+            # Counted before the body is read: a refused call costs one Redis round trip.
+            await ratelimit.hit(
+                services.redis,
+                services.settings,
+                spec.rate_limit,
+                user_id=principal.user_id if principal else None,
+                ip=client_ip(request, services.settings.trusted_proxies),
+            )
         body = await _parse_body(request, spec.body) if spec.body else None
         query = _parse_query(request, spec.query) if spec.query else None
-        call = Call(request, request.app[SERVICES], principal, body, query)
+        call = Call(request, services, principal, body, query)
         if spec.idempotent and request.headers.get("Idempotency-Key"):
             return await _idempotent(call, spec)
         return serialise(await spec.handler(call), spec.status)
@@ -298,7 +329,7 @@ _IDEM_RELEASE = "DELETE FROM idempotency_keys WHERE owner_id = $1 AND key = $2"
 
 async def _idempotent(call: Call, spec: RouteSpec) -> web.StreamResponse:
     key = call.request.headers["Idempotency-Key"]
-    if not (1 <= len(key) <= 255):
+    if not (1 <= len(key) <= 255) or inputs.text_problem(key):
         raise ValidationFailed({"Idempotency-Key": "1 to 255 characters"})
     owner = call.principal.user_id
     route = f"{spec.method} {call.request.path}"
@@ -317,7 +348,7 @@ async def _idempotent(call: Call, spec: RouteSpec) -> web.StreamResponse:
             raise Conflict(
                 "the first request with this key is still running", code="request_in_progress"
             )
-        replay = web.json_response(row["response"], status=row["status_code"], dumps=_dumps)
+        replay = encoding.json_response(row["response"], status=row["status_code"])
         replay.headers["Idempotent-Replayed"] = "true"
         return replay
     try:
@@ -363,6 +394,7 @@ __all__ = [
     "SERVICES",
     "AppError",
     "Call",
+    "Limit",
     "RouteSpec",
     "Router",
     "install",

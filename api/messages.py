@@ -4,12 +4,13 @@ seq. The same rows as Socket.IO `chat:history`, from `consultations.chat`."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import Field
 
 from api.framework import Call, Router
 from api.models import Input, Output, encode_cursor, int_cursor
-from consultations import chat, lifecycle
+from consultations import attachments, chat, lifecycle
 
 router = Router("chat")
 PAGE_MAX = 100  # the API's list maximum
@@ -29,6 +30,8 @@ class MessageOut(Output):
     client_msg_id: str
     text: str
     sent_at: datetime
+    # Issue 17: {id, content_type, size, url}; the URL is signed and expires within minutes.
+    attachment: dict[str, Any] | None = None
 
 
 class MessagesPage(Output):
@@ -57,6 +60,7 @@ async def list_messages(call: Call) -> MessagesPage:
     messages = await chat.history(db, consultation_id, after, query.limit + 1)
     more = len(messages) > query.limit
     messages = messages[: query.limit]
+    messages = await attachments.fill(call.services, messages)  # issue 17
     return MessagesPage(
         items=[MessageOut.model_validate(m.to_public()) for m in messages],
         next_cursor=encode_cursor(messages[-1].seq) if more else None,

@@ -10,10 +10,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from core.errors import AppError, MethodNotAllowed, NotFound, PayloadTooLarge
+from api import encoding
+from core.errors import AppError, MethodNotAllowed, NotFound, PayloadTooLarge, ValidationFailed
 from core.logging import request_id_var
 from core.settings import Settings
 
@@ -25,6 +27,11 @@ _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 STREAMED_BODY_PATHS = ("/v1/files",)
 
 METRICS_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+# The longest request line aiohttp's parser takes (its default is 8190 bytes). Past it the parser
+# answers a text/plain 400 before any middleware, outside the contract's error shape. A query of
+# the longest string any route accepts (2048 characters, each up to 12 bytes percent-encoded
+# UTF-8) fits in 32 KiB, so such a request reaches validation and gets its JSON 422.
+MAX_REQUEST_LINE_BYTES = 32 * 1024
 
 
 class HttpMetrics:
@@ -51,9 +58,8 @@ def error_response(err: AppError, request_id: str | None) -> web.Response:
     body = err.to_dict()
     if err.status >= 500 and request_id:
         body.setdefault("details", {})["request_id"] = request_id
-    response = web.json_response({"error": body}, status=err.status)
-    response.headers.update(err.headers)
-    return response
+    # The same encoder as every success body (api/encoding.py): compact UTF-8, no \u escapes.
+    return encoding.json_response({"error": body}, status=err.status, headers=err.headers)
 
 
 def client_ip(request: web.Request, trusted_proxies: list[str]) -> str:
@@ -76,8 +82,17 @@ def client_ip(request: web.Request, trusted_proxies: list[str]) -> str:
     hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
     for hop in reversed(hops):
         if not trusted(hop):
-            return hop
-    return hops[0] if hops else peer
+            # Only an address counts (it keys per-IP limits); garbage means "the proxy itself".
+            return hop if _is_ip(hop) else peer
+    return hops[0] if hops and _is_ip(hops[0]) else peer
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _route_label(request: web.Request) -> str:
@@ -183,6 +198,14 @@ def build_middlewares(settings: Settings) -> list[Callable[..., Awaitable[web.St
             code = exc.reason.lower().replace(" ", "_")
             other = AppError(exc.reason, code=code, status=exc.status)
             return error_response(other, request_id_var.get())
+        except asyncpg.DataError:
+            # The last line of defence of issue 14: a value PostgreSQL (or asyncpg's encoder)
+            # refuses as data (SQLSTATE class 22: out of range, bad text, bad date) came from the
+            # input. The caller gets a 4xx; the traceback is logged so the route's validation can
+            # be tightened.
+            log.exception("input refused by the database")
+            refused = ValidationFailed({"body": "a value is out of range or not valid"})
+            return error_response(refused, request_id_var.get())
         except Exception:
             log.exception("unhandled error")
             internal = AppError("internal error", code="internal", status=500)

@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core import inputs
 from core.errors import ValidationFailed
 
 T = TypeVar("T")
@@ -81,8 +82,18 @@ def decode_cursor(cursor: str, arity: int) -> list[Any]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         values = json.loads(raw)
-    except (ValueError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise ValidationFailed({"cursor": "invalid cursor"}) from exc
-    if not isinstance(values, list) or len(values) != arity:
+    if not isinstance(values, list) or len(values) != arity or inputs.problems(values):
+        # Issue 14: a forged cursor must not carry what no input may (an int beyond int64, NUL).
         raise ValidationFailed({"cursor": "invalid cursor"})
     return values
+
+
+class RatesOut(Output):
+    """An astrologer's rates a minute, minor units; null where they do not offer that type."""
+
+    chat: int | None
+    voice: int | None
+    video: int | None
+    question: int | None = None  # issue 16: a fixed price per written question

@@ -7,7 +7,6 @@ DELETE /v1/devices/{token}
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -15,13 +14,10 @@ from pydantic import Field, model_validator
 from api.framework import Call, Router
 from api.models import Input, ListQuery, Output, encode_cursor, time_id_cursor
 from core.errors import NotFound
+from core.times import rfc3339
 from notify import devices, inbox
 
 router = Router("notifications")
-
-
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class NotificationOut(Output):
@@ -42,7 +38,7 @@ class NotificationOut(Output):
             body=n.body,
             data=n.data,
             read=n.read_at is not None,
-            created_at=_rfc3339(n.created_at),
+            created_at=rfc3339(n.created_at),
         )
 
 
@@ -141,7 +137,7 @@ async def register_device(call: Call) -> DeviceOut:
         call.services.db, call.principal.user_id, body.platform, body.push_token
     )
     return DeviceOut(
-        id=str(device.id), platform=device.platform, created_at=_rfc3339(device.created_at)
+        id=str(device.id), platform=device.platform, created_at=rfc3339(device.created_at)
     )
 
 

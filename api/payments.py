@@ -13,6 +13,7 @@ from api.framework import Call, Router
 from api.models import Input, Output
 from api.wallet import RechargeOut, recharge_out
 from billing import webhooks
+from core import ratelimit
 
 log = logging.getLogger(__name__)
 router = Router("payments")
@@ -74,6 +75,7 @@ async def razorpay_webhook(call: Call) -> WebhookAck:
     body=RazorpayVerifyIn,
     response=RechargeOut,
     errors={400: "the payment signature does not verify", 404: "not your recharge"},
+    rate_limit=ratelimit.RECHARGE_VERIFY,
 )
 async def razorpay_verify(call: Call) -> RechargeOut:
     """POST /v1/payments/razorpay/verify

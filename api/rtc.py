@@ -1,6 +1,11 @@
 """STUN and TURN servers for WebRTC calls, with TURN credentials in coturn's REST scheme
 (`use-auth-secret`): username `expiry:user_id`, credential base64(HMAC-SHA1(secret, username)).
-coturn checks the HMAC with the same shared secret and refuses the username after `expiry`."""
+coturn checks the HMAC with the same shared secret and refuses the username after `expiry`.
+
+TURN relays media through our servers, which costs bandwidth: its credentials go only to a
+participant of an `accepted` or `active` voice or video consultation (issue 14). Anyone else
+signed in gets the STUN servers only (enough for the pre-call echo test on most networks), never a
+403, so a client can always ask."""
 
 from __future__ import annotations
 
@@ -40,11 +45,24 @@ def turn_credentials(
     return username, base64.b64encode(digest).decode()
 
 
-def ice_servers_for(settings: Settings, user_id: uuid.UUID, now: float | None = None) -> IceServers:
+# Is the caller in a call that may need a relay? One indexed probe per request.
+_IN_CALL = """
+SELECT EXISTS (
+    SELECT 1 FROM consultations
+     WHERE (user_id = $1 OR astrologer_id = $1)
+       AND status IN ('accepted', 'active') AND type IN ('voice', 'video')
+)
+"""
+
+
+def ice_servers_for(
+    settings: Settings, user_id: uuid.UUID, now: float | None = None, *, turn: bool = True
+) -> IceServers:
+    """STUN, and TURN with fresh credentials when `turn` (the caller is in a voice/video call)."""
     servers: list[IceServer] = []
     if settings.stun_urls:
         servers.append(IceServer(urls=list(settings.stun_urls)))
-    if settings.turn_urls and settings.turn_secret:
+    if turn and settings.turn_urls and settings.turn_secret:
         username, credential = turn_credentials(
             settings.turn_secret, user_id, settings.turn_ttl_seconds, now
         )
@@ -58,6 +76,9 @@ def ice_servers_for(settings: Settings, user_id: uuid.UUID, now: float | None = 
 async def get_ice_servers(call: Call) -> IceServers:
     """GET /v1/rtc/ice-servers
 
-    STUN servers, and TURN servers with credentials that expire after TURN_TTL_SECONDS (TURN is
-    listed only when TURN_URLS and TURN_SECRET are set)."""
-    return ice_servers_for(call.services.settings, call.principal.user_id)
+    STUN servers, and TURN servers with credentials that expire after TURN_TTL_SECONDS. TURN is
+    listed only when TURN_URLS and TURN_SECRET are set, and only to a participant of an accepted
+    or active voice or video consultation; anyone else gets STUN only."""
+    user_id = call.principal.user_id
+    in_call = bool(await call.services.db.fetchval(_IN_CALL, user_id))
+    return ice_servers_for(call.services.settings, user_id, turn=in_call)

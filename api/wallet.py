@@ -10,9 +10,10 @@ from pydantic import Field, model_validator
 
 from api.framework import Call, Router
 from api.models import Input, ListQuery, Output, Page, encode_cursor, int_cursor
-from billing import recharges, statements
+from billing import recharges, rules, statements
 from billing.ledger import wallet_balance
 from billing.recharges import Recharge
+from core import ratelimit
 
 router = Router("wallet")
 
@@ -131,8 +132,8 @@ async def list_packs(call: Call) -> list[PackOut]:
     gst = call.services.settings.gst_percent
     out = []
     for pack in recharges.RECHARGE_PACKS:
-        tax, total = recharges.quote(pack.amount, gst)
-        out.append(PackOut(id=pack.id, amount=pack.amount, bonus=pack.bonus, tax=tax, total=total))
+        q = rules.recharge_quote(pack.amount, gst, pack.bonus)
+        out.append(PackOut(id=pack.id, amount=q.amount, bonus=q.bonus, tax=q.tax, total=q.total))
     return out
 
 
@@ -144,6 +145,7 @@ async def list_packs(call: Call) -> list[PackOut]:
     status=201,
     idempotent=True,
     errors={422: "bad amount, unknown pack or gateway not enabled", 502: "gateway unavailable"},
+    rate_limit=ratelimit.RECHARGE,
 )
 async def create_recharge(call: Call) -> RechargeOut:
     """POST /v1/wallet/recharges

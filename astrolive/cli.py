@@ -153,9 +153,20 @@ def cmd_run(args: argparse.Namespace) -> None:
     manager = Manager()
     manager.add_process("web", " ".join([*exe, "serve"]), env=env)
     manager.add_process("worker", " ".join([*exe, "worker"]), env=env)
+    if settings.demo_astrologer_on:  # development only: see astrolive/demo_astrologer.py
+        manager.add_process("demo", " ".join([*exe, "demo-astrologer"]), env=env)
     print(f"astrolive on http://{settings.host}:{settings.port}/  (Ctrl-C stops)")
     manager.loop()
     sys.exit(manager.returncode)
+
+
+def cmd_demo_astrologer(args: argparse.Namespace) -> None:
+    """The demo astrologer (development only), a client of the server at --url."""
+    from astrolive.demo_astrologer import run_demo_astrologer
+
+    settings = load_settings()
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    asyncio.run(run_demo_astrologer(settings, url))
 
 
 async def _reconcile(settings: Settings) -> bool:
@@ -182,6 +193,23 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     ok = asyncio.run(_reconcile(settings))
     print("ledger ok" if ok else "LEDGER BROKEN")
     sys.exit(0 if ok else 1)
+
+
+def cmd_rotate_data_key(args: argparse.Namespace) -> None:
+    """Issue 16: re-encrypt personal data under DATA_KEYS' first key (online, in batches), or
+    with --generate print a new DATA_KEYS entry (KMS-wrapped when KMS_KEY_ID is set)."""
+    from core import crypto
+
+    if args.generate is not None:
+        print(crypto.generate_key_entry(Settings(), args.generate or None))
+        return
+    from astrolive.data_keys import run
+
+    settings = load_settings()
+    report = asyncio.run(run(settings, batch_size=args.batch_size))
+    for column, count in report.items():
+        print(f"{column}: {count} re-encrypted")
+    print(f"data key {crypto.current().primary}: {sum(report.values())} value(s) rotated")
 
 
 def cmd_with_services(args: argparse.Namespace) -> None:
@@ -235,13 +263,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "seed-demo", help="demo astrologers, a funded demo user, test phones"
     ).set_defaults(fn=cmd_seed_demo)
-    sub.add_parser("run", help="services + migrate + seed-demo + web + worker").set_defaults(
-        fn=cmd_run
-    )
+    sub.add_parser(
+        "run", help="services + migrate + seed-demo + web + worker (+ the demo astrologer)"
+    ).set_defaults(fn=cmd_run)
+    demo = sub.add_parser("demo-astrologer", help="run the demo astrologer (development only)")
+    demo.add_argument("--url", default=None, help="the server (default: HOST and PORT)")
+    demo.set_defaults(fn=cmd_demo_astrologer)
     sub.add_parser(
         "reconcile", help="check the ledger's invariants; exit 1 on any break"
     ).set_defaults(fn=cmd_reconcile)
     sub.add_parser("openapi", help="print the OpenAPI document").set_defaults(fn=cmd_openapi)
+    rotate = sub.add_parser(  # issue 16
+        "rotate-data-key", help="re-encrypt personal data under the first DATA_KEYS key"
+    )
+    rotate.add_argument("--batch-size", type=int, default=500)
+    rotate.add_argument(
+        "--generate", nargs="?", const="", default=None, metavar="KEY_ID",
+        help="print a new DATA_KEYS entry instead (wrapped by KMS when KMS_KEY_ID is set)",
+    )  # fmt: skip
+    rotate.set_defaults(fn=cmd_rotate_data_key)
     ws = sub.add_parser("with-services", help="run a command with the database and Redis resolved")
     ws.add_argument("command", nargs=argparse.REMAINDER)
     ws.set_defaults(fn=cmd_with_services)
@@ -249,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from pydantic import ValidationError
+
     from core.errors import AppError
 
     args = build_parser().parse_args(argv)
@@ -257,4 +299,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except AppError as err:
         details = f" {err.details}" if err.details else ""
         print(f"astrolive: {err.message}{details}", file=sys.stderr)
+        sys.exit(2)
+    except ValidationError as err:
+        # Refused settings (production's rules, issue 14): say which, without a traceback.
+        for problem in err.errors():
+            where = ".".join(str(p) for p in problem["loc"]) or "settings"
+            print(f"astrolive: {where}: {problem['msg']}", file=sys.stderr)
         sys.exit(2)

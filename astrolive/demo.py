@@ -15,6 +15,7 @@ from core.settings import Settings
 from db import identity
 from db.pool import Conn, connect
 
+DEMO_QUESTION_PRICE = 5_000  # ₹50.00 a written question (issue 16)
 DEMO_WALLET_CREDIT = 50_000  # ₹500.00: enough for a few demo sessions at demo rates
 DEFAULT_TEST_PHONES = ("+919000000001", "+919000000002", "+919000000003")
 
@@ -26,7 +27,7 @@ class DemoAstrologer:
     skills: list[str]
     languages: list[str]
     experience_years: int
-    rates: tuple[int, int, int]  # chat, voice, video per minute, paise
+    rates: tuple[int | None, int | None, int | None]  # chat, voice, video a minute, paise
     bio: str
 
 
@@ -86,6 +87,13 @@ async def add_astrologer(conn: Conn, demo: DemoAstrologer) -> uuid.UUID:
         UPSERT_PROFILE, user.id, demo.display_name, demo.bio, demo.skills, demo.languages,
         demo.experience_years, *demo.rates,
     )  # fmt: skip
+    # Issue 16: demo astrologers also answer written questions (the console's Questions screen).
+    await conn.execute(
+        "UPDATE astrologer_profiles SET rate_question = coalesce(rate_question, $2) "
+        "WHERE user_id = $1",
+        user.id,
+        DEMO_QUESTION_PRICE,
+    )
     return user.id
 
 
@@ -103,6 +111,11 @@ async def fund_wallet(conn: Conn, user_id: uuid.UUID, amount: int, currency: str
 
 
 async def seed_demo(settings: Settings) -> str:
+    if settings.is_production:
+        # Issue 14: seed-demo makes a test phone an admin and funds a wallet for free.
+        from core.errors import Forbidden
+
+        raise Forbidden("seed-demo is for development: it refuses ASTROLIVE_ENV=production")
     phones = list(settings.auth_test_phones) or list(DEFAULT_TEST_PHONES)
     phones += list(DEFAULT_TEST_PHONES[len(phones) :])
     assert settings.database_url
@@ -120,12 +133,46 @@ async def seed_demo(settings: Settings) -> str:
             await add_astrologer(conn, demo_astro)
             for demo in DEMO_ASTROLOGERS[1:]:
                 await add_astrologer(conn, demo)
+            from astrolive.demo_astrologer import DEMO_BOT  # it imports this module
+
+            await add_astrologer(conn, DEMO_BOT)
             await make_admin(conn, phones[2])
             balance, _ = await wallet_balance(conn, user.id, settings.currency)
     finally:
         await conn.close()
-    return (
-        f"demo ready: user {phones[0]} (wallet {balance / 100:.2f} {settings.currency}), "
-        f"astrologer {phones[1]}, admin {phones[2]}, {len(DEMO_ASTROLOGERS)} astrologers listed; "
-        "sign in with the codes in AUTH_TEST_PHONES"
-    )
+    return demo_summary(settings, phones, balance)
+
+
+def demo_summary(settings: Settings, phones: list[str], balance: int) -> str:
+    """What `./dev up` prints: who to sign in as, and how."""
+    from astrolive.demo_astrologer import DEMO_BOT
+
+    codes = {normalise_phone(p, settings.default_phone_region): c for p, c in
+             settings.auth_test_phones.items()}  # fmt: skip
+    base = settings.public_base_url.rstrip("/")
+
+    def code(phone: str) -> str:
+        return codes.get(phone, "see the log: OTP for <phone>")
+
+    rows = [
+        ("user", phones[0], f"wallet {balance / 100:.2f} {settings.currency}"),
+        ("astrologer", phones[1], f"{DEMO_ASTROLOGERS[0].display_name}, approved"),
+        ("admin", phones[2], "verifies astrologers, refunds"),
+    ]
+    lines = [
+        "",
+        "Demo accounts (no SMS is sent to them; the code is fixed):",
+        *(f"  {role:<11} {phone}  code {code(phone)}  {note}" for role, phone, note in rows),
+        "Sign in: POST /v1/auth/otp {phone}, then POST /v1/auth/verify {phone, code}.",
+        "A code is good for ONE sign-in: ask for a new one (/v1/auth/otp) before each verify.",
+        f"{len(DEMO_ASTROLOGERS) + 1} astrologers are listed. "
+        + (
+            f"{DEMO_BOT.display_name} ({DEMO_BOT.phone}) is online while this runs: it accepts "
+            f"chats, answers, and ends each after {settings.demo_astrologer_session_seconds:g} s."
+            if settings.demo_astrologer_on
+            else "DEMO_ASTROLOGER is off: nobody answers requests unless you sign in as one."
+        ),
+        f"Console {base}/ · API reference {base}/docs · guide docs/guide.md",
+        "",
+    ]
+    return "\n".join(lines)

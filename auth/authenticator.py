@@ -18,6 +18,7 @@ survive at most 60 s. Losing Redis altogether (a restart) just means the databas
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 
@@ -109,6 +110,10 @@ async def mark_user_blocked(services: Services, user_id: uuid.UUID, blocked: boo
     try:
         if blocked:
             await services.redis.set(key, "blocked", ex=keys.USER_BLOCKED_TTL_SECONDS)
+            # Issue 12: open sockets of this user are dropped at once, on every process.
+            await services.redis.publish(
+                keys.AUTH_REVOKED_CHANNEL, json.dumps({"user": str(user_id)})
+            )
         else:
             await services.redis.delete(key)
     except RedisError:

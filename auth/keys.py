@@ -22,6 +22,12 @@ OTP_COOLDOWN_PREFIX = "auth:otp:cooldown:"
 OTP_PHONE_COUNT_PREFIX = "auth:otp:sent:phone:"
 OTP_IP_COUNT_PREFIX = "auth:otp:sent:ip:"
 OTP_WINDOW_SECONDS = 3600  # the "per hour" of OTP_MAX_PER_PHONE_HOUR / OTP_MAX_PER_IP_HOUR
+# Wrong codes in the hour (issue 14), a fixed window from the first wrong code, TTL
+# OTP_WINDOW_SECONDS. Per phone across codes: a new code does not reset it, so a fixed test-phone
+# code cannot be walked through 5 guesses at a time. Per client IP on verify: one network cannot
+# guess across many phones. A correct code clears the phone's counter.
+OTP_WRONG_PHONE_PREFIX = "auth:otp:wrong:phone:"
+OTP_WRONG_IP_PREFIX = "auth:otp:wrong:ip:"
 
 # --- Login state cache (the authenticator's fast path) --------------------------------------------
 # "ok" or "revoked" for an auth session (a login). Written "revoked" on logout, reuse detection
@@ -72,6 +78,14 @@ def otp_ip_count(ip: str) -> str:
     return OTP_IP_COUNT_PREFIX + ip
 
 
+def otp_wrong_phone(phone: str) -> str:
+    return OTP_WRONG_PHONE_PREFIX + phone
+
+
+def otp_wrong_ip(ip: str) -> str:
+    return OTP_WRONG_IP_PREFIX + ip
+
+
 def session_state(session_id: uuid.UUID) -> str:
     return f"{SESSION_STATE_PREFIX}{session_id}"
 
@@ -82,3 +96,11 @@ def user_state(user_id: uuid.UUID) -> str:
 
 def cognito_user(sub: str) -> str:
     return COGNITO_USER_PREFIX + sub
+
+
+# Issue 12 (helper A): revocations are published here after their commit, `{"sessions": [...]}`
+# (logout, block) or `{"user": id}` (a block of a user whose tokens carry no login), so that
+# every web process drops the sockets of that login or user at once (realtime/namespace.py).
+# Pub/sub: nothing is stored; a process that misses a message still drops the socket at its
+# next periodic check (SOCKET_AUTH_CHECK_SECONDS).
+AUTH_REVOKED_CHANNEL = "auth:revoked"

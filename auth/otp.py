@@ -9,9 +9,13 @@
   OTP_MAX_PER_IP_HOUR per client IP (the peer, or X-Forwarded-For from TRUSTED_PROXIES). A refused
   request is 429 with Retry-After and does not count.
 - OTP_MAX_ATTEMPTS (5) wrong codes burn the code: the next attempt is `otp_expired`.
-- AUTH_TEST_PHONES have fixed codes: no SMS is sent and they skip the cooldown and hourly limits
-  (those exist to stop SMS pumping), but wrong codes still count and burn the code. A test phone
-  still asks for a code first, like every phone.
+- Guessing is bounded across codes (issue 14): OTP_MAX_WRONG_PER_PHONE_HOUR wrong codes per phone
+  in an hour, whatever the number of codes asked for, and OTP_MAX_WRONG_PER_IP_HOUR per client IP
+  (RATE_LIMIT_EXEMPT_IPS skip only the IP one). Past either, verify is 429 `rate_limited` before
+  the code is even compared, so the right code does not sign in either until the hour is over.
+- AUTH_TEST_PHONES have fixed codes: no SMS is sent and they skip the cooldown and hourly send
+  limits (those exist to stop SMS pumping), but wrong codes count exactly as for every phone.
+  A test phone still asks for a code first, like every phone.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from auth import crypto, keys
 from auth.sessions import SignIn, open_login_txn
 from core.errors import AppError, Forbidden, RateLimited, Unauthorized
 from core.phones import normalise_phone
+from core.ratelimit import ip_exempt
 from core.services import Services
 from core.settings import Settings
 from core.tokens import Role
@@ -57,25 +62,45 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return {'ok', 0}
 """
 
-# KEYS: code. ARGV: hash of the presented code, max attempts.
+# KEYS: code, wrong per phone, wrong per ip.
+# ARGV: hash of the presented code, max attempts, max wrong per phone, max wrong per ip (0: the
+# client is exempt from the per-IP limit), window s.
 # The comparison is of HMAC outputs: timing tells nothing useful without the key.
 _CHECK = """
+local wp = tonumber(redis.call('GET', KEYS[2]) or '0')
+if wp >= tonumber(ARGV[3]) then return {'phone', tostring(redis.call('PTTL', KEYS[2]))} end
+local ip_max = tonumber(ARGV[4])
+if ip_max > 0 then
+  local wi = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if wi >= ip_max then return {'ip', tostring(redis.call('PTTL', KEYS[3]))} end
+end
 local rec = redis.call('HMGET', KEYS[1], 'h', 'role')
 if not rec[1] then return {'expired', ''} end
 if rec[1] == ARGV[1] then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[2])
   return {'ok', rec[2]}
 end
+if redis.call('INCR', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
+if ip_max > 0 and redis.call('INCR', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ARGV[5]) end
 local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
 if n >= tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) end
 return {'invalid', tostring(tonumber(ARGV[2]) - n)}
 """
+
+_GUESS_MESSAGES = {
+    "phone": "too many wrong codes for this phone number; try again later",
+    "ip": "too many wrong codes from this network; try again later",
+}
 
 _LIMIT_MESSAGES = {
     "cooldown": "wait before asking for another code",
     "phone": "too many codes for this phone number; try again later",
     "ip": "too many codes requested from this network; try again later",
 }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -174,11 +199,24 @@ async def verify_otp(
     settings = services.settings
     _ensure_local_mode(settings)
     phone = normalise_phone(raw_phone, settings.default_phone_region)
+    ip = client_ip or "unknown"
+    ip_max = 0 if ip_exempt(settings, ip) else settings.otp_max_wrong_per_ip_hour
     result: list[Any] = await services.redis.register_script(_CHECK)(
-        keys=[keys.otp(phone)],
-        args=[crypto.otp_hash(settings, phone, code), settings.otp_max_attempts],
+        keys=[keys.otp(phone), keys.otp_wrong_phone(phone), keys.otp_wrong_ip(ip)],
+        args=[
+            crypto.otp_hash(settings, phone, code),
+            settings.otp_max_attempts,
+            settings.otp_max_wrong_per_phone_hour,
+            ip_max,
+            keys.OTP_WINDOW_SECONDS,
+        ],
     )
-    outcome, extra = str(result[0]), str(result[1])
+    outcome, extra = _text(result[0]), _text(result[1])
+    if outcome in _GUESS_MESSAGES:
+        pttl = int(extra)
+        log.info("otp verify refused", extra={"limit": outcome})
+        seconds = math.ceil(pttl / 1000) if pttl > 0 else keys.OTP_WINDOW_SECONDS
+        raise RateLimited(seconds, _GUESS_MESSAGES[outcome])
     if outcome == "expired":
         raise Unauthorized("the code expired or was used up; ask for a new one", code="otp_expired")
     if outcome == "invalid":

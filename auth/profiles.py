@@ -2,7 +2,10 @@
 
 Only approved astrologers are listed or may go online; a new profile starts `pending`, and a
 rejected one goes back to `pending` when its owner saves it again (a resubmission). Saving an
-approved or pending profile keeps its state: rates and bio change without a new review.
+approved profile keeps it approved (bio, skills, a lower rate change at once), except what users
+trust without reading (issue 14): a new display name, a new photo, a rate raised by more than
+RATE_REVIEW_STEP_PERCENT, or a type newly offered send it back to `pending` until an admin approves
+it again. The decision is taken in the same statement as the write, on the row's current values.
 """
 
 from __future__ import annotations
@@ -37,24 +40,44 @@ UPDATE users SET
  WHERE id = $1
 RETURNING {identity.USER_COLUMNS}
 """
+# An approved astrologer's new photo is reviewed again before they are listed with it (issue 14):
+# the same statement sends the profile back to `pending`.
 SET_AVATAR = f"""
+WITH review AS (
+    UPDATE astrologer_profiles SET verification = 'pending', updated_at = now()
+     WHERE user_id = $1 AND verification = 'approved'
+)
 UPDATE users SET avatar_key = $2, updated_at = now() WHERE id = $1 RETURNING {identity.USER_COLUMNS}
 """
 
 PROFILE_COLUMNS = (
     "user_id, display_name, bio, skills, languages, experience_years, rate_chat, rate_voice, "
-    "rate_video, verification, verification_reason, verified_at, created_at, updated_at"
+    "rate_video, verification, verification_reason, verified_at, created_at, updated_at, "
+    "rate_question"  # issue 16
+)
+# A rate that needs a new review (issue 14): newly offered, or raised by more than $11 percent.
+_RAISED = (
+    "(EXCLUDED.rate_{kind} IS NOT NULL AND (p.rate_{kind} IS NULL"
+    " OR EXCLUDED.rate_{kind} * 100 > p.rate_{kind} * (100 + $11::int)))"
 )
 UPSERT_PROFILE = f"""
 INSERT INTO astrologer_profiles AS p (user_id, display_name, bio, skills, languages,
-                                      experience_years, rate_chat, rate_voice, rate_video)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                      experience_years, rate_chat, rate_voice, rate_video,
+                                      rate_question)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (user_id) DO UPDATE SET
     display_name = EXCLUDED.display_name, bio = EXCLUDED.bio, skills = EXCLUDED.skills,
     languages = EXCLUDED.languages, experience_years = EXCLUDED.experience_years,
     rate_chat = EXCLUDED.rate_chat, rate_voice = EXCLUDED.rate_voice,
-    rate_video = EXCLUDED.rate_video,
-    verification = CASE WHEN p.verification = 'rejected' THEN 'pending' ELSE p.verification END,
+    rate_video = EXCLUDED.rate_video, rate_question = EXCLUDED.rate_question,
+    verification = CASE
+        WHEN p.verification = 'rejected' THEN 'pending'
+        WHEN p.verification = 'approved' AND (
+            EXCLUDED.display_name IS DISTINCT FROM p.display_name
+            OR {_RAISED.format(kind="chat")} OR {_RAISED.format(kind="voice")}
+            OR {_RAISED.format(kind="video")} OR {_RAISED.format(kind="question")}
+        ) THEN 'pending'
+        ELSE p.verification END,
     updated_at = now()
 RETURNING {PROFILE_COLUMNS}
 """
@@ -81,6 +104,7 @@ class Rates:
     chat: int | None
     voice: int | None
     video: int | None
+    question: int | None = None  # issue 16: a fixed price per written question; None: not offered
 
 
 @dataclass(frozen=True)
@@ -107,7 +131,9 @@ class AstrologerProfile:
             skills=list(row["skills"]),
             languages=list(row["languages"]),
             experience_years=row["experience_years"],
-            rates=Rates(row["rate_chat"], row["rate_voice"], row["rate_video"]),
+            rates=Rates(
+                row["rate_chat"], row["rate_voice"], row["rate_video"], row["rate_question"]
+            ),
             verification=row["verification"],
             verification_reason=row["verification_reason"],
             verified_at=row["verified_at"],
@@ -192,6 +218,13 @@ def check_rates(settings: Settings, rates: Rates) -> None:
             problems[f"rates.{kind}"] = (
                 f"between {settings.min_rate} and {settings.max_rate} minor units a minute"
             )
+    question_max = settings.max_rate * 60  # issue 16: at most an hour at the highest rate
+    if rates.question is not None and not settings.question_min_price <= rates.question <= (
+        question_max
+    ):
+        problems["rates.question"] = (
+            f"between {settings.question_min_price} and {question_max} minor units a question"
+        )
     if rates.chat is None and rates.voice is None and rates.video is None:
         problems["rates"] = "offer at least one of chat, voice, video"
     if problems:
@@ -214,7 +247,7 @@ async def save_astrologer_profile(
     row = await conn.fetchrow(
         UPSERT_PROFILE,
         user_id, display_name, bio, skills, languages, experience_years,
-        rates.chat, rates.voice, rates.video,
+        rates.chat, rates.voice, rates.video, rates.question, settings.rate_review_step_percent,
     )  # fmt: skip
     assert row is not None
     return AstrologerProfile.from_row(row)

@@ -11,6 +11,7 @@ once by `auth.authenticator.authenticate`.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import uuid
 from collections.abc import Iterable
@@ -189,14 +190,6 @@ async def revoke_user_sessions_txn(
     return [r["id"] for r in await conn.fetch(REVOKE_USER_SESSIONS, user_id, reason)]
 
 
-async def revoke_user_sessions(services: Services, user_id: uuid.UUID, reason: str) -> int:
-    """Revoke every login of a user (blocked, phone number changed hands...) and refuse their
-    access tokens at once. Returns how many logins were open."""
-    ids = await revoke_user_sessions_txn(services.db, user_id, reason)
-    await mark_sessions_revoked(services, ids)
-    return len(ids)
-
-
 async def mark_sessions_revoked(services: Services, session_ids: Iterable[uuid.UUID]) -> None:
     """Tell every process that these logins are revoked (after the database commit). If Redis is
     down the database still says so: cached "ok" marks expire within SESSION_OK_TTL_SECONDS."""
@@ -211,3 +204,9 @@ async def mark_sessions_revoked(services: Services, session_ids: Iterable[uuid.U
             await pipe.execute()
     except RedisError:
         log.warning("could not mark revoked logins in Redis", extra={"count": len(ids)})
+    try:  # issue 12: open sockets of these logins are dropped at once, on every process
+        await services.redis.publish(
+            keys.AUTH_REVOKED_CHANNEL, json.dumps({"sessions": [str(i) for i in ids]})
+        )
+    except RedisError:
+        log.warning("could not publish revoked logins", extra={"count": len(ids)})

@@ -272,3 +272,13 @@ async def expire_holds(conn: Conn, now: datetime) -> int:
         total += len(due)
         if len(due) < EXPIRE_BATCH:
             return total
+
+
+# Issue 17 (helper C): a rescheduled booking's hold moves with it. Only an open hold moves; its
+# amount and wallet stay, so nothing about the money changes.
+MOVE_HOLD = "UPDATE holds SET expires_at = $2 WHERE id = $1 AND status = 'open'"
+
+
+async def move_hold_txn(conn: Conn, hold_id: uuid.UUID, expires_at: datetime) -> bool:
+    """Change when an open hold expires (its booking moved); False when it is not open."""
+    return bool(await conn.execute(MOVE_HOLD, hold_id, expires_at) == "UPDATE 1")

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import asyncpg
 
 from core.errors import Conflict, PaymentRequired
-from db.pool import Conn
+from db.pool import Conn, custom_plans
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,7 @@ async def post_transfer(
     digest = request_hash(kind, [Leg(a, m) for a, m in by_account.items()], consultation_id)
     ids = sorted(by_account)
     async with conn.transaction():
+        await custom_plans(conn)  # issue 15: scoped to the ledger's transactions (db/pool.py)
         described = await conn.fetch(LOCK_ACCOUNTS, ids)
         if len(described) != len(ids):
             raise ValueError("a transfer names an account that does not exist")
@@ -256,13 +257,18 @@ async def adjust_held_txn(conn: Conn, wallet_id: uuid.UUID, delta: int) -> tuple
 
 @dataclass(frozen=True)
 class Charge:
+    """One minute's transfer. Its value (`amount + free_amount`, the list rate: billing/rules.py)
+    is funded by the wallet (`amount`, what the user pays) and the promotions account
+    (`free_amount`, exactly the discount) -- either may be 0, so a minute can be paid partly by
+    each -- and received by the astrologer (`astrologer_share`) and platform revenue (the rest)."""
+
     key: str  # "charge:{consultation_id}:{minute}"
     consultation_id: uuid.UUID
     user_id: uuid.UUID
     astrologer_id: uuid.UUID
-    amount: int  # what the user pays for this minute (0 for a free minute)
+    amount: int  # what the user pays for this minute, from the wallet (0 for a free minute)
     astrologer_share: int  # what the astrologer earns for this minute
-    free_amount: int = 0  # for a free minute: the price funded from the promotions account
+    free_amount: int = 0  # the part funded from the promotions account (the discount)
     currency: str = "INR"
 
 
@@ -271,6 +277,7 @@ class ChargeResult:
     key: str
     status: Literal["posted", "duplicate", "insufficient"]
     balance_after: int  # the user's wallet balance after this charge (or now, if not posted)
+    available_after: int = 0  # what the user can still spend: balance_after - held
 
 
 class _LostRace(Exception):
@@ -310,8 +317,6 @@ RETURNING a.id, a.balance
 def _check_charge(charge: Charge) -> None:
     if charge.amount < 0 or charge.astrologer_share < 0 or charge.free_amount < 0:
         raise ValueError(f"{charge.key}: amounts must not be negative")
-    if charge.amount and charge.free_amount:
-        raise ValueError(f"{charge.key}: a minute is either paid or free, not both")
     if charge.astrologer_share > charge.amount + charge.free_amount:
         raise ValueError(f"{charge.key}: the share cannot exceed the minute's price")
 
@@ -319,8 +324,9 @@ def _check_charge(charge: Charge) -> None:
 async def post_charges(conn: Conn, charges: Sequence[Charge]) -> list[ChargeResult]:
     """Post many per-minute charges in ONE transaction, results in the order given.
 
-    Paid minute: wallet -amount, astrologer earnings +share, platform revenue +(amount - share).
-    Free minute: promotions -free_amount, earnings +share, platform revenue +(free_amount - share).
+    Each minute: wallet -amount, promotions -free_amount, astrologer earnings +share, platform
+    revenue +(amount + free_amount - share); zero legs are left out. Its kind is
+    `consultation_charge` when the wallet pays some of it, `free_minute` otherwise.
     Every wallet and earnings account involved is locked in sorted id order; a charge the wallet
     cannot cover (available = balance - held) is `insufficient` and moves nothing, without
     failing the others; a key already posted (or repeated in the batch) is `duplicate` and moves
@@ -334,6 +340,7 @@ async def post_charges(conn: Conn, charges: Sequence[Charge]) -> list[ChargeResu
     for _ in range(BATCH_ATTEMPTS):
         try:
             async with conn.transaction():
+                await custom_plans(conn)  # issue 15: scoped here, not per connection (db/pool.py)
                 return await _post_charges_txn(conn, charges)
         except _LostRace:
             continue
@@ -398,14 +405,12 @@ async def _post_charges_txn(conn: Conn, charges: Sequence[Charge]) -> list[Charg
         earnings = owned[("astrologer_earnings", c.astrologer_id, c.currency)]
         revenue = system[("platform_revenue", c.currency)]
         wallet_now = balance.get(wallet, 0) if wallet else 0
-        source: uuid.UUID | None
-        if c.free_amount:
-            kind = FREE_MINUTE_KIND
-            source, price = system[("promotions", c.currency)], c.free_amount
-        else:
-            kind, source, price = CHARGE_KIND, wallet, c.amount
+        wallet_held = held.get(wallet, 0) if wallet else 0
+        kind = CHARGE_KIND if c.amount else FREE_MINUTE_KIND
+        price = c.amount + c.free_amount
         legs: list[tuple[uuid.UUID | None, int]] = [
-            (source, -price),
+            (wallet, -c.amount),
+            (system[("promotions", c.currency)], -c.free_amount),
             (earnings, c.astrologer_share),
             (revenue, price - c.astrologer_share),
         ]
@@ -413,7 +418,9 @@ async def _post_charges_txn(conn: Conn, charges: Sequence[Charge]) -> list[Charg
         if any(acc is None for acc, _ in legs):
             # Only a wallet can be missing: a user who never had money cannot pay a paid minute.
             # (A zero-priced minute has no legs: its transfer is recorded with no entries.)
-            results.append(ChargeResult(c.key, "insufficient", wallet_now))
+            results.append(
+                ChargeResult(c.key, "insufficient", wallet_now, wallet_now - wallet_held)
+            )
             continue
         clean = [Leg(acc, amount) for acc, amount in legs if acc is not None]
         digest = request_hash(kind, clean, c.consultation_id)
@@ -423,10 +430,12 @@ async def _post_charges_txn(conn: Conn, charges: Sequence[Charge]) -> list[Charg
                     "charge key reposted with other content; kept the first posting",
                     extra={"key": c.key},
                 )
-            results.append(ChargeResult(c.key, "duplicate", wallet_now))
+            results.append(ChargeResult(c.key, "duplicate", wallet_now, wallet_now - wallet_held))
             continue
-        if kind == CHARGE_KIND and wallet is not None and wallet_now - held[wallet] < price:
-            results.append(ChargeResult(c.key, "insufficient", wallet_now))
+        if c.amount and wallet is not None and wallet_now - wallet_held < c.amount:
+            results.append(
+                ChargeResult(c.key, "insufficient", wallet_now, wallet_now - wallet_held)
+            )
             continue
         posted[c.key] = digest
         t_keys.append(c.key)
@@ -443,9 +452,8 @@ async def _post_charges_txn(conn: Conn, charges: Sequence[Charge]) -> list[Charg
             e_accounts.append(leg.account_id)
             e_amounts.append(leg.amount)
             e_after.append(after)
-        results.append(
-            ChargeResult(c.key, "posted", balance.get(wallet, 0) if wallet else wallet_now)
-        )
+        wallet_after = balance.get(wallet, 0) if wallet else wallet_now
+        results.append(ChargeResult(c.key, "posted", wallet_after, wallet_after - wallet_held))
 
     if not t_keys:
         return results

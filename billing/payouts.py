@@ -18,7 +18,8 @@ import asyncpg
 
 from billing import payment_keys
 from billing.gateways.payouts import PayoutResult, payout_provider
-from billing.ledger import Leg, account_id, post_transfer
+from billing.ledger import Leg, Transfer, account_id, post_transfer
+from billing.sweeps import claim_sql, sweep_claimed
 from core.errors import AppError, Conflict, NotFound, PaymentRequired, ValidationFailed
 from core.services import Services
 from db.pool import Conn, Executor
@@ -48,6 +49,7 @@ class Payout:
     approved_at: datetime | None
     paid_at: datetime | None
     created_at: datetime
+    rejection_reason: str | None = None  # migration 0013
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Payout:
@@ -142,6 +144,55 @@ async def approve_payout(conn: Conn, *, payout_id: uuid.UUID, admin_id: uuid.UUI
         return payout
 
 
+async def _give_back_txn(
+    conn: Conn, payout: Payout, reason: str, actor_id: uuid.UUID | None
+) -> Transfer:
+    """The reserved amount of an unpaid payout back to earnings, once (key
+    `payout:{id}:reversal`), in the caller's transaction."""
+    earnings = await account_id(conn, "astrologer_earnings", payout.astrologer_id, payout.currency)
+    clearing = await account_id(conn, "payouts_clearing", None, payout.currency)
+    return await post_transfer(
+        conn,
+        key=f"payout:{payout.id}:reversal",
+        kind="payout_reversal",
+        legs=[Leg(clearing, -payout.amount), Leg(earnings, payout.amount)],
+        actor_id=actor_id,
+        reason=reason,
+        metadata={"payout_id": str(payout.id)},
+    )
+
+
+REJECT = f"""
+UPDATE payouts SET status = 'rejected', rejected_by = $2, rejection_reason = $3,
+       reversal_id = $4, updated_at = now()
+ WHERE id = $1 AND status = 'requested'
+RETURNING {_COLUMNS}
+"""
+
+
+async def reject_payout(
+    conn: Conn, *, payout_id: uuid.UUID, admin_id: uuid.UUID, reason: str
+) -> Payout:
+    """Reject a requested payout: its reserved amount goes back to the astrologer's earnings
+    (one reversal transfer, key `payout:{id}:reversal`) in the same transaction. Only a payout
+    still `requested` can be rejected (409 `payout_not_pending`): an approved one may already be
+    in the provider's hands, and paying it and giving it back would pay it twice."""
+    async with conn.transaction():
+        row = await conn.fetchrow(LOCK_PAYOUT, payout_id)
+        if row is None:
+            raise NotFound("no such payout")
+        payout = Payout.from_row(row)
+        if payout.status != "requested":
+            raise Conflict("this payout is not waiting for approval", code="payout_not_pending")
+        reversal = await _give_back_txn(conn, payout, f"payout rejected: {reason}", admin_id)
+        rejected = await conn.fetchrow(REJECT, payout_id, admin_id, reason, reversal.id)
+        assert rejected is not None  # the row is locked and was requested
+        await conn.execute(
+            AUDIT, admin_id, "reject_payout", str(payout_id), reason, {"amount": payout.amount}
+        )
+        return Payout.from_row(rejected)
+
+
 async def enqueue_execution(services: Services, payout_id: uuid.UUID) -> None:
     await services.arq.enqueue_job(
         payment_keys.EXECUTE_PAYOUT, str(payout_id), _job_id=payment_keys.payout_job_id(payout_id)
@@ -180,15 +231,8 @@ async def apply_payout_result_txn(
         paid = await conn.fetchrow(MARK_PAID, payout_id, provider, result.reference)
         assert paid is not None
         return Payout.from_row(paid)
-    earnings = await account_id(conn, "astrologer_earnings", payout.astrologer_id, payout.currency)
-    clearing = await account_id(conn, "payouts_clearing", None, payout.currency)
-    reversal = await post_transfer(
-        conn,
-        key=f"payout:{payout_id}:reversal",
-        kind="payout_reversal",
-        legs=[Leg(clearing, -payout.amount), Leg(earnings, payout.amount)],
-        reason=f"payout failed: {result.failure_reason or 'failed'}",
-        metadata={"payout_id": str(payout_id)},
+    reversal = await _give_back_txn(
+        conn, payout, f"payout failed: {result.failure_reason or 'failed'}", None
     )
     failed = await conn.fetchrow(
         MARK_FAILED, payout_id, provider, result.failure_reason or "failed", reversal.id
@@ -246,3 +290,32 @@ async def list_payouts(
     at, last = after if after else (None, None)
     rows = await conn.fetch(LIST_PAYOUTS, status, at, last, limit)
     return [Payout.from_row(r) for r in rows]
+
+
+# --- The sweep of approved payouts (issue 13) -------------------------------------------------
+
+# Payouts approved more than PAYOUT_STALE_SECONDS ago and not paid (their job was lost, or the
+# provider said "pending"), claimed once per round across workers.
+CLAIM_APPROVED = claim_sql(
+    "payouts", "status = 'approved' AND approved_at < now() - make_interval(secs => $1)",
+    "approved_at",
+)  # fmt: skip
+
+
+async def sweep_approved_payouts(services: Services) -> dict[str, int]:
+    """Resubmit every payout stuck `approved` to the provider with its fixed key `payout:{id}`
+    (a provider that already paid it answers with that payment; it is never paid twice).
+    Returns how many ended in each status; a provider error leaves it for the next round."""
+
+    async def drive(payout_id: uuid.UUID) -> str:
+        payout = await execute_payout(services, payout_id)
+        return payout.status if payout else "missing"
+
+    settings = services.settings
+    return await sweep_claimed(
+        services.db,
+        CLAIM_APPROVED,
+        (settings.payout_stale_seconds, settings.payment_sweep_batch),
+        drive,
+        retry_on=(Exception,),  # any provider failure: the next round asks again
+    )

@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from billing import payment_keys
-from billing.gateways import PaymentGateway, PaymentState, gateway_for
+from billing import payment_keys, rules
+from billing.gateways import (
+    GatewayError,
+    GatewayUnavailable,
+    PaymentGateway,
+    PaymentState,
+    RefundState,
+)
+from billing.gateways.base import CapturedPayment
 from billing.ledger import Leg, account_id, post_transfer
-from billing.pricing import tax_on
 from billing.reconcile import Finding, reconcile_check
+from billing.sweeps import claim_sql
 from core.errors import AppError, NotFound, ValidationFailed
 from core.services import Services
 from db.pool import Conn, Executor
@@ -125,13 +132,6 @@ RETURNING event_id
 """
 
 
-def quote(amount: int, gst_percent: int) -> tuple[int, int]:
-    """(tax, total) the user pays for crediting `amount`: GST on top, computed here, never taken
-    from the client."""
-    tax = tax_on(amount, gst_percent)
-    return tax, amount + tax
-
-
 async def create_recharge(
     services: Services,
     *,
@@ -158,8 +158,9 @@ async def create_recharge(
                 f"{settings.recharge_max_amount} minor units"
             }
         )
-    gw = gateway_for(gateway, settings, services.http)
-    tax, total = quote(amount, settings.gst_percent)
+    gw = services.gateways.get(gateway)  # built once by the composition root
+    q = rules.recharge_quote(amount, settings.gst_percent, bonus)
+    tax, total = q.tax, q.total
     row = await services.db.fetchrow(
         INSERT_RECHARGE, user_id, gateway, amount, bonus, tax, total, settings.currency, pack_id
     )
@@ -243,49 +244,124 @@ async def settle(
     services: Services, recharge_id: uuid.UUID, payment_id: str | None = None
 ) -> Recharge | None:
     """Settle a recharge from what its gateway says: credit it once, mark it failed, or leave it
-    pending. Safe to run any number of times, concurrently: the recharge row is locked and a
-    settled recharge is never touched again. Raises `GatewayUnavailable` to be retried."""
+    pending; record (and flag for refund) any captured payment that must not be credited. Safe
+    to run any number of times, concurrently: the recharge row is locked and a settled recharge
+    is never credited again. Raises `GatewayUnavailable` to be retried."""
     recharge = await get_recharge(services.db, recharge_id)
     if recharge is None:
         log.warning("settle: no such recharge", extra={"recharge_id": str(recharge_id)})
         return None
-    if recharge.status == "succeeded" or recharge.gateway_order_id is None:
+    if recharge.gateway_order_id is None:
         return recharge
-    gw: PaymentGateway = gateway_for(recharge.gateway, services.settings, services.http)
+    if recharge.status == "succeeded" and payment_id in (None, recharge.gateway_payment_id):
+        return recharge  # nothing new: another payment on a paid order is worth a look, only
+    gw: PaymentGateway = services.gateways.get(recharge.gateway)
     state = await gw.payment_state(order_id=recharge.gateway_order_id, payment_id=payment_id)
     async with services.db.acquire() as conn, conn.transaction():
-        return await apply_payment_state_txn(conn, recharge_id, state)
+        settled = await apply_payment_state_txn(conn, recharge_id, state)
+        # -- issue 17 (helper C): in this transaction, with the recharge row still locked, the
+        # inbox is told (recharge_succeeded / recharge_failed) and a booking waiting for this
+        # payment is confirmed, exactly once. Imported late: consultations builds on billing.
+        from consultations import shortfall
+
+        effects = await shortfall.recharge_settled_txn(conn, settled)
+    await shortfall.after_commit(services, effects)
+    # -- end issue 17
+    return settled
+
+
+INSERT_ANOMALY = """
+INSERT INTO payment_anomalies (gateway, payment_id, recharge_id, kind, amount, currency)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (gateway, payment_id) DO NOTHING
+RETURNING id
+"""
+
+
+async def _flag_txn(conn: Conn, recharge: Recharge, payment: CapturedPayment, kind: str) -> None:
+    """Record a captured payment we do not credit, once, flagged for a refund to the card."""
+    flagged = await conn.fetchval(
+        INSERT_ANOMALY, recharge.gateway, payment.payment_id, recharge.id, kind,
+        payment.amount, payment.currency,
+    )  # fmt: skip
+    if flagged is not None:
+        log.error(
+            "gateway payment not credited; flagged for refund",
+            extra={
+                "recharge_id": str(recharge.id),
+                "payment_id": payment.payment_id,
+                "kind": kind,
+                "amount": payment.amount,
+                "currency": payment.currency,
+            },
+        )
+
+
+def _mismatch(recharge: Recharge, payment: CapturedPayment) -> str | None:
+    """Why a captured payment cannot pay this recharge: another currency or amount (what the
+    user must pay is amount + tax, the order's total)."""
+    if payment.currency.upper() != recharge.currency.strip().upper():
+        return "currency_mismatch"
+    if payment.amount != recharge.total:
+        return "amount_mismatch"
+    return None
 
 
 async def apply_payment_state_txn(
     conn: Conn, recharge_id: uuid.UUID, state: PaymentState
 ) -> Recharge:
-    """In the caller's transaction: lock the recharge and apply the gateway's verdict. Credits
-    amount (+ bonus, from promotions) to the wallet, takes amount + tax out of gateway clearing
-    and books the tax as payable."""
+    """In the caller's transaction: lock the recharge and apply the gateway's verdict.
+
+    Credits (once) the first captured payment of the order's exact total and currency: amount
+    (+ bonus, from promotions) to the wallet, amount + tax out of gateway clearing, the tax as
+    payable. Every other captured payment (a second capture on a paid order, a wrong amount or
+    currency) is recorded in `payment_anomalies` and flagged for refund, never credited. A
+    recharge whose only captured payments are unusable is marked failed."""
     row = await conn.fetchrow(LOCK_RECHARGE, recharge_id)
     if row is None:
         raise NotFound("no such recharge")
     recharge = Recharge.from_row(row)
-    if recharge.status == "succeeded" or state.status == "pending":
+    if state.status == "pending":
         return recharge
     if state.status == "failed":
+        if recharge.status != "pending":
+            return recharge
         failed = await conn.fetchrow(MARK_FAILED, recharge_id, state.failure_reason or "failed")
         return Recharge.from_row(failed) if failed else recharge
     assert state.payment_id is not None
-    if state.amount is not None and state.amount != recharge.total:
-        log.error(
-            "gateway amount differs from the recharge; not credited",
-            extra={"recharge_id": str(recharge_id), "gateway_amount": state.amount},
-        )
+    if state.amount is None or state.currency is None:
+        if recharge.gateway != "test":
+            log.error("a gateway success without amount or currency; not credited",
+                      extra={"recharge_id": str(recharge_id)})  # fmt: skip
+            return recharge
+        # The local test gateway's payments are fiction: they are always of the order's total.
+        state = replace(state, amount=recharge.total, currency=recharge.currency.strip())
+    assert state.amount is not None
+    assert state.currency is not None
+    main = CapturedPayment(state.payment_id or "", state.amount, state.currency)
+    captured = [main, *state.extra]
+    if recharge.status == "succeeded":
+        for payment in captured:
+            if payment.payment_id != recharge.gateway_payment_id:
+                await _flag_txn(conn, recharge, payment, "extra_payment")
         return recharge
+    chosen = next((p for p in captured if _mismatch(recharge, p) is None), None)
+    for payment in captured:
+        if payment is not chosen:
+            await _flag_txn(
+                conn, recharge, payment, _mismatch(recharge, payment) or "extra_payment"
+            )
+    if chosen is None:
+        reason = _mismatch(recharge, captured[0]) or "amount_mismatch"
+        failed = await conn.fetchrow(MARK_FAILED, recharge_id, reason)
+        return Recharge.from_row(failed) if failed else recharge
     currency = recharge.currency
     wallet = await account_id(conn, "user_wallet", recharge.user_id, currency)
     clearing = await account_id(conn, "gateway_clearing", None, currency)
     legs = [Leg(clearing, -recharge.total), Leg(wallet, recharge.amount)]
     if recharge.tax:
         legs.append(Leg(await account_id(conn, "tax_payable", None, currency), recharge.tax))
-    key = f"recharge:{recharge.gateway}:{state.payment_id}"
+    key = f"recharge:{recharge.gateway}:{chosen.payment_id}"
     transfer = await post_transfer(
         conn,
         key=key,
@@ -304,13 +380,135 @@ async def apply_payment_state_txn(
             reason=f"recharge bonus {recharge.id}",
             metadata={"recharge_id": str(recharge.id)},
         )
-    done = await conn.fetchrow(MARK_SUCCEEDED, recharge_id, state.payment_id, transfer.id)
+    done = await conn.fetchrow(MARK_SUCCEEDED, recharge_id, chosen.payment_id, transfer.id)
     assert done is not None
     log.info(
         "recharge credited",
         extra={"recharge_id": str(recharge_id), "amount": recharge.amount, "key": key},
     )
     return Recharge.from_row(done)
+
+
+# --- The sweep of pending recharges (issue 13) -------------------------------------------------
+
+# Claims the pending recharges due for a look, once per round across workers: rows another worker
+# is claiming are skipped (SKIP LOCKED) and the claimed ones are stamped in the same statement.
+CLAIM_STALE = claim_sql(
+    "recharges",
+    "status = 'pending' AND created_at < now() - make_interval(secs => $1)",
+    "created_at",
+    "t.id, t.gateway_order_id, t.created_at < now() - make_interval(secs => $3) AS too_old",
+)
+GIVE_UP = f"""
+UPDATE recharges SET status = 'failed', failure_reason = $2, updated_at = now()
+ WHERE id = $1 AND status = 'pending'
+RETURNING {_COLUMNS}
+"""
+
+
+@dataclass
+class SweepReport:
+    settled: int = 0
+    failed: int = 0
+    still_pending: int = 0
+    unreachable: int = 0
+
+
+async def sweep_pending_recharges(services: Services) -> SweepReport:
+    """Ask the gateway about every recharge still pending after RECHARGE_STALE_SECONDS (its
+    webhooks were answered and its settle job's retries are over) and settle or fail it through
+    the same path as a webhook. A recharge with no gateway order (the process died creating it)
+    or never paid within RECHARGE_GIVE_UP_HOURS is failed. An unreachable gateway leaves it for
+    the next round. Idempotent and safe with several workers (rows are claimed, settle locks)."""
+    settings = services.settings
+    report = SweepReport()
+    rows = await services.db.fetch(
+        CLAIM_STALE,
+        settings.recharge_stale_seconds,
+        settings.payment_sweep_batch,
+        settings.recharge_give_up_hours * 3600,
+    )
+    for row in rows:
+        try:
+            recharge = (
+                await settle(services, row["id"]) if row["gateway_order_id"] is not None else None
+            )
+        except GatewayUnavailable:
+            report.unreachable += 1
+            log.warning("sweep: gateway unreachable", extra={"recharge_id": str(row["id"])})
+            continue
+        except GatewayError:
+            log.exception(
+                "sweep: the gateway refused to say", extra={"recharge_id": str(row["id"])}
+            )
+            recharge = None
+        status = recharge.status if recharge else "pending"
+        if status == "pending" and (row["too_old"] or row["gateway_order_id"] is None):
+            reason = "no gateway order" if row["gateway_order_id"] is None else "not paid in time"
+            if await services.db.fetchrow(GIVE_UP, row["id"], reason) is not None:
+                status = "failed"
+        if status == "succeeded":
+            report.settled += 1
+        elif status == "failed":
+            report.failed += 1
+        else:
+            report.still_pending += 1
+    return report
+
+
+# --- Refunds of captured payments we did not credit (issue 13) -----------------------------------
+
+CLAIM_ANOMALIES = claim_sql(
+    "payment_anomalies",
+    "status IN ('flagged', 'refunding')",
+    "created_at",
+    "t.id, t.gateway, t.payment_id, t.amount, t.currency, t.status, t.gateway_refund_id",
+)
+SET_ANOMALY = """
+UPDATE payment_anomalies
+   SET status = $2, gateway_refund_id = coalesce($3, gateway_refund_id), note = $4,
+       resolved_at = CASE WHEN $2 = 'resolved' THEN now() END
+ WHERE id = $1 AND status <> 'resolved'
+"""
+
+
+async def refund_anomalies(services: Services) -> dict[str, int]:
+    """Give back to the card every captured payment we recorded and did not credit: submit its
+    refund through the gateway (key `anomaly_refund:{id}`, so a retry finds the first refund),
+    then check it until the gateway confirms. A refund the gateway refuses stays flagged, with
+    its reason, for a human (reconciliation keeps reporting it). Claimed rows, as the sweeps."""
+    settings = services.settings
+    counts: dict[str, int] = {}
+    rows = await services.db.fetch(
+        CLAIM_ANOMALIES, settings.refund_stale_seconds / 10, settings.payment_sweep_batch
+    )
+    for row in rows:
+        gw = services.gateways.get(row["gateway"])
+        try:
+            if row["status"] == "flagged" or row["gateway_refund_id"] is None:
+                state = await gw.create_refund(
+                    payment_id=row["payment_id"],
+                    amount=row["amount"],
+                    currency=row["currency"],
+                    idempotency_key=f"anomaly_refund:{row['id']}",
+                )
+            else:
+                state = await gw.refund_state(
+                    payment_id=row["payment_id"], refund_id=row["gateway_refund_id"]
+                )
+        except GatewayUnavailable:
+            counts["unreachable"] = counts.get("unreachable", 0) + 1
+            continue
+        except GatewayError as exc:
+            state = RefundState("", "failed", exc.message)
+        status, note = {
+            "succeeded": ("resolved", "refunded to the card"),
+            "pending": ("refunding", None),
+            "failed": ("flagged", f"refund failed: {state.failure_reason or 'failed'}"),
+        }[state.status]
+        await services.db.execute(SET_ANOMALY, row["id"], status, state.refund_id or None, note)
+        counts[status] = counts.get(status, 0) + 1
+    return counts
 
 
 # Reconciliation: gateway successes = credited recharges.
@@ -331,11 +529,14 @@ SELECT t.idempotency_key FROM transfers t
   LEFT JOIN recharges r ON r.transfer_id = t.id
  WHERE t.kind = 'recharge' AND r.id IS NULL
 """
+# Still pending long after a success was reported. A recharge FAILED after such an event was
+# decided from the gateway's own answer (an authorised-then-refunded payment, a wrong amount or
+# currency: those are in payment_anomalies), so only `pending` is a break here.
 GATEWAY_SUCCESS_NOT_CREDITED = """
 SELECT DISTINCT e.recharge_id FROM payment_events e
   JOIN recharges r ON r.id = e.recharge_id
  WHERE e.type IN ('payment_intent.succeeded', 'payment.captured', 'razorpay.verify')
-   AND r.status <> 'succeeded'
+   AND r.status = 'pending'
    AND e.received_at < now() - make_interval(secs => $1)
 """
 # A verified success still not credited after this long means the settle path is broken (jobs

@@ -20,9 +20,10 @@ from datetime import datetime
 
 import asyncpg
 
-from billing import payment_keys
-from billing.gateways import RefundState, gateway_for
-from billing.ledger import Leg, account_id, post_transfer
+from billing import payment_keys, rules
+from billing.gateways import GatewayUnavailable, RefundState
+from billing.ledger import Leg, account_id, lock_owned_txn, post_transfer
+from billing.sweeps import claim_sql, sweep_claimed
 from core.errors import AppError, Conflict, NotFound
 from core.services import Services
 from db.pool import Conn, Executor
@@ -57,13 +58,13 @@ class ConsultationRefund:
 
 _REFUND_COLUMNS = ", ".join(f for f in ConsultationRefund.__dataclass_fields__ if f != "replayed")
 
-GET_CONSULTATION = "SELECT user_id, currency FROM consultations WHERE id = $1"
+GET_CONSULTATION = "SELECT user_id, astrologer_id, currency FROM consultations WHERE id = $1"
 GET_REFUND_BY_KEY = f"SELECT {_REFUND_COLUMNS} FROM consultation_refunds WHERE key = $1"
 # What the user paid for the consultation: every debit of their wallet by a transfer of it.
 CHARGED = """
 SELECT coalesce(-sum(e.amount), 0)::bigint FROM entries e
   JOIN transfers t ON t.id = e.transfer_id
- WHERE t.consultation_id = $1 AND e.account_id = $2 AND e.amount < 0
+ WHERE t.consultation_id = $1 AND e.account_id = $2 AND e.amount < 0 AND t.kind <> 'tip'
 """
 # Who received those payments: the other accounts of the charging transfers, net credited.
 PAID_TO = """
@@ -71,7 +72,8 @@ SELECT e.account_id, a.kind, sum(e.amount)::bigint AS credited FROM entries e
   JOIN accounts a ON a.id = e.account_id
  WHERE e.account_id <> $2 AND e.transfer_id IN (
         SELECT w.transfer_id FROM entries w JOIN transfers t ON t.id = w.transfer_id
-         WHERE t.consultation_id = $1 AND w.account_id = $2 AND w.amount < 0)
+         WHERE t.consultation_id = $1 AND w.account_id = $2 AND w.amount < 0
+           AND t.kind <> 'tip')
  GROUP BY e.account_id, a.kind
 HAVING sum(e.amount) > 0
  ORDER BY e.account_id
@@ -83,10 +85,17 @@ SELECT e.account_id, -sum(e.amount)::bigint AS reversed FROM entries e
  WHERE r.consultation_id = $1 AND e.amount < 0
  GROUP BY e.account_id
 """
-# Locks the consultation's totals row until commit: concurrent refunds queue here.
+# The consultation's totals row, locked until commit: concurrent refunds queue here. It is locked
+# BEFORE `charged` is read (issue 13): a stale `charged` written over a newer one broke the CHECK.
+ENSURE_TOTALS = """
+INSERT INTO consultation_refund_totals (consultation_id, charged) VALUES ($1, 0)
+ON CONFLICT (consultation_id) DO NOTHING
+"""
 LOCK_TOTALS = """
-INSERT INTO consultation_refund_totals (consultation_id, charged) VALUES ($1, $2)
-ON CONFLICT (consultation_id) DO UPDATE SET charged = EXCLUDED.charged
+SELECT charged, refunded FROM consultation_refund_totals WHERE consultation_id = $1 FOR UPDATE
+"""
+SET_CHARGED = """
+UPDATE consultation_refund_totals SET charged = greatest(charged, $2) WHERE consultation_id = $1
 RETURNING charged, refunded
 """
 ADD_REFUNDED = """
@@ -127,9 +136,17 @@ async def refund_consultation(
             raise NotFound("no such consultation")
         user_id, currency = cons["user_id"], cons["currency"]
         wallet = await account_id(conn, "user_wallet", user_id, currency)
+        earnings = await account_id(conn, "astrologer_earnings", cons["astrologer_id"], currency)
+        # Lock, then read: the totals row (refunds of this consultation queue), then the wallet
+        # and earnings in id order, the locks a charge of this consultation holds until it
+        # commits; `charged` read after them includes every committed charge.
+        await conn.execute(ENSURE_TOTALS, consultation_id)
+        await conn.fetchrow(LOCK_TOTALS, consultation_id)
+        locked = await lock_owned_txn(conn, [wallet, earnings])
         charged = await conn.fetchval(CHARGED, consultation_id, wallet)
-        totals = await conn.fetchrow(LOCK_TOTALS, consultation_id, charged)
+        totals = await conn.fetchrow(SET_CHARGED, consultation_id, charged)
         assert totals is not None
+        charged = totals["charged"]
         existing = await conn.fetchrow(GET_REFUND_BY_KEY, key)
         if existing is not None:
             if existing["consultation_id"] != consultation_id or existing["requested"] != amount:
@@ -154,6 +171,18 @@ async def refund_consultation(
             charged=charged,
             amount=value,
         )
+        kinds = {r["account_id"]: r["kind"] for r in paid_to}
+        # Earnings never go below zero (migration 0013): what was already paid out is taken from
+        # platform revenue instead; a later refund of this consultation catches up on the share.
+        earnings_balance = locked.get(earnings, (0, 0))[0]
+        for acc in [a for a, k in kinds.items() if k == "astrologer_earnings"]:
+            available = earnings_balance if acc == earnings else locked.get(acc, (0, 0))[0]
+            excess = takes[acc] - max(0, available)
+            if excess > 0:
+                revenue = await account_id(conn, "platform_revenue", None, currency)
+                takes[acc] -= excess
+                takes[revenue] = takes.get(revenue, 0) + excess
+                kinds.setdefault(revenue, "platform_revenue")
         refund_id = uuid.uuid4()
         legs = [Leg(wallet, value)] + [Leg(acc, -m) for acc, m in takes.items() if m != 0]
         transfer = await post_transfer(
@@ -166,18 +195,17 @@ async def refund_consultation(
             reason=reason,
             metadata={"refund_key": key},
         )
-        kinds = {r["account_id"]: r["kind"] for r in paid_to}
-        earnings = sum(m for acc, m in takes.items() if kinds[acc] == "astrologer_earnings")
+        reversed_share = sum(m for acc, m in takes.items() if kinds[acc] == "astrologer_earnings")
         row = await conn.fetchrow(
             INSERT_REFUND, refund_id, key, consultation_id, user_id, value, amount,
-            max(0, earnings), reason, actor_id, transfer.id,
+            max(0, reversed_share), reason, actor_id, transfer.id,
         )  # fmt: skip
         assert row is not None
         await conn.execute(ADD_REFUNDED, consultation_id, value)
         await conn.execute(
             AUDIT, actor_id, "consultation_refund", "consultation", str(consultation_id), reason,
             {"refund_id": str(refund_id), "amount": value, "key": key,
-             "earnings_reversed": earnings},
+             "earnings_reversed": reversed_share},
         )  # fmt: skip
         return ConsultationRefund.from_row(row)
 
@@ -219,37 +247,6 @@ async def refunds_of(conn: Executor, consultation_id: uuid.UUID) -> list[Consult
         consultation_id,
     )
     return [ConsultationRefund.from_row(r) for r in rows]
-
-
-# Automatic refund rules the meter calls when it finalizes a session (MARKET.md: refunds when the
-# astrologer did not serve). Each rule's key makes it apply at most once per consultation.
-GET_ENDED = """
-SELECT status, end_reason, billed_minutes FROM consultations WHERE id = $1
-"""
-EARLY_END_MINUTES = 1  # a session the astrologer ended within its first minute is refunded
-
-
-async def apply_automatic_refunds(
-    conn: Conn, *, consultation_id: uuid.UUID
-) -> ConsultationRefund | None:
-    """Refund in full a completed session that the astrologer ended within its first minute.
-    Safe to call more than once; returns the refund, or None when no rule applies."""
-    row = await conn.fetchrow(GET_ENDED, consultation_id)
-    if row is None or row["status"] != "completed":
-        return None
-    if row["end_reason"] != "astrologer_ended" or row["billed_minutes"] > EARLY_END_MINUTES:
-        return None
-    try:
-        return await refund_consultation(
-            conn,
-            consultation_id=consultation_id,
-            amount=None,
-            reason="the astrologer ended the session in its first minute",
-            actor_id=None,
-            key=f"auto:astrologer_early_end:{consultation_id}",
-        )
-    except RefundExceedsCharged:
-        return None  # nothing was charged (a free session), or it was already refunded by hand
 
 
 # Refunds of a recharge to the card.
@@ -343,8 +340,8 @@ async def request_card_refund(
                 details={"charged": r["amount"], "refunded": r["refunded"], "remaining": remaining}
             )
         after = r["refunded"] + value
-        bonus = r["bonus"] * after // r["amount"] - r["bonus"] * r["refunded"] // r["amount"]
-        tax = r["tax"] * after // r["amount"] - r["tax"] * r["refunded"] // r["amount"]
+        bonus = rules.pro_rata(r["bonus"], r["amount"], r["refunded"], after)
+        tax = rules.pro_rata(r["tax"], r["amount"], r["refunded"], after)
         currency = r["currency"]
         wallet = await account_id(conn, "user_wallet", r["user_id"], currency)
         clearing = await account_id(conn, "gateway_clearing", None, currency)
@@ -408,7 +405,7 @@ async def process_card_refund(services: Services, card_refund_id: uuid.UUID) -> 
     )
     assert recharge is not None
     assert recharge["gateway_payment_id"] is not None
-    gw = gateway_for(recharge["gateway"], services.settings, services.http)
+    gw = services.gateways.get(recharge["gateway"])
     payment_id = recharge["gateway_payment_id"]
     state: RefundState
     if refund.status == "requested":
@@ -470,3 +467,33 @@ async def apply_refund_state_txn(
         extra={"card_refund_id": str(refund.id), "reason": state.failure_reason},
     )
     return CardRefund.from_row(failed)
+
+
+# --- The sweep of stuck card refunds (issue 13) ------------------------------------------------
+
+# Card refunds still `requested` (their job was lost) or `submitted` (no webhook came) after
+# REFUND_STALE_SECONDS, claimed once per round across workers (SKIP LOCKED, stamped at once).
+CLAIM_STUCK_REFUNDS = claim_sql(
+    "card_refunds",
+    "status IN ('requested', 'submitted') AND updated_at < now() - make_interval(secs => $1)",
+    "created_at",
+)
+
+
+async def sweep_stuck_card_refunds(services: Services) -> dict[str, int]:
+    """Resubmit (same key `card_refund:{id}`: the gateway finds its first refund) or check every
+    card refund stuck `requested`/`submitted`. Returns how many ended in each status; an
+    unreachable gateway leaves the refund for the next round."""
+
+    async def drive(card_refund_id: uuid.UUID) -> str:
+        refund = await process_card_refund(services, card_refund_id)
+        return refund.status if refund else "missing"
+
+    settings = services.settings
+    return await sweep_claimed(
+        services.db,
+        CLAIM_STUCK_REFUNDS,
+        (settings.refund_stale_seconds, settings.payment_sweep_batch),
+        drive,
+        retry_on=(GatewayUnavailable,),
+    )

@@ -86,7 +86,9 @@ async def _payment_event(
         payment_id=pay_id,
         payload=event,
     )
-    if recharge.status != "succeeded":
+    # A paid order is looked at again only for another payment: a second capture on it must be
+    # recorded and flagged for refund (billing/recharges.py), never credited.
+    if recharge.status != "succeeded" or pay_id not in (None, recharge.gateway_payment_id):
         await recharges.enqueue_settle(
             services,
             gateway=gateway,

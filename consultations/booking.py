@@ -24,8 +24,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import asyncpg
 from redis.exceptions import RedisError
 
-from billing import holds, pricing
-from billing.ledger import Leg, account_id
+from billing import holds, rules
+from billing.ledger import InsufficientFunds, Leg, account_id
 from consultations import keys, lifecycle, promos
 from core.errors import Conflict, ValidationFailed
 from core.services import Services
@@ -83,10 +83,11 @@ GET_WINDOWS = """
 SELECT weekday, start_minute, end_minute FROM astrologer_availability
  WHERE astrologer_id = $1 ORDER BY weekday, start_minute
 """
+# A booking awaiting its shortfall payment keeps its slot too (issue 17).
 BOOKED_BETWEEN = """
 SELECT lower(booked_slot) AS start, upper(booked_slot) AS end FROM consultations
  WHERE astrologer_id = $1 AND booked_slot && tstzrange($2, $3)
-   AND status IN ('scheduled', 'requested', 'accepted', 'active')
+   AND status IN ('awaiting_payment', 'scheduled', 'requested', 'accepted', 'active')
 """
 
 
@@ -168,9 +169,10 @@ async def free_slots(
 
 
 def hold_amount(settings: Settings, terms: promos.Terms) -> int:
-    """What a booking holds: the slot's paid minutes at the rate, less any flat promo credit."""
-    paid = max(0, settings.slot_minutes - terms.free_minutes)
-    return max(0, terms.rate * paid - terms.promo_credit)
+    """What a booking holds: the slot's minutes at the user's prices (billing/rules.py: free
+    minutes and promo credit deducted exactly, as the meter will charge them)."""
+    money = terms.money(settings.astrologer_share_percent, settings.currency)
+    return rules.hold_amount(money, settings.slot_minutes)
 
 
 async def book(
@@ -181,10 +183,13 @@ async def book(
     type_: str,
     scheduled_at: datetime,
     promo_code: str | None = None,
+    pay_shortfall: str | None = None,
 ) -> lifecycle.Consultation:
     """Book the slot starting at `scheduled_at`: a `scheduled` consultation and a wallet hold.
-    422 when it is not one of the astrologer's slots or is past; 409 slot_taken; 402 when the
-    wallet cannot hold the slot's price; 422 invalid_promo."""
+    422 when it is not one of the astrologer's slots or is past; 409 slot_taken; 422
+    invalid_promo; 402 insufficient_balance (with `details.shortfall`) when the wallet cannot
+    hold the slot's price, unless `pay_shortfall` names a gateway: then the booking waits in
+    `awaiting_payment` for a recharge of the shortfall (consultations/shortfall.py)."""
     settings = services.settings
     if scheduled_at.tzinfo is None:
         raise ValidationFailed({"scheduled_at": "must carry a time zone (RFC 3339)"})
@@ -206,39 +211,93 @@ async def book(
     if slot is None:
         raise ValidationFailed({"scheduled_at": "not one of the astrologer's slots"})
     consultation_id = uuid.uuid4()
-    async with services.db.acquire() as conn, conn.transaction():
-        terms = await promos.terms_txn(
-            conn, settings, user_id=user_id, list_rate=list_rate, promo_code=promo_code
-        )
-        c = await lifecycle.create_booking_txn(
-            conn,
-            settings,
-            consultation_id=consultation_id,
+    try:
+        async with services.db.acquire() as conn, conn.transaction():
+            terms = await promos.terms_txn(
+                conn, settings, user_id=user_id, list_rate=list_rate, promo_code=promo_code
+            )
+            c = await lifecycle.create_booking_txn(
+                conn,
+                settings,
+                consultation_id=consultation_id,
+                user_id=user_id,
+                astrologer_id=astrologer_id,
+                type_=type_,
+                terms=terms,
+                share_percent=lifecycle.share_for(profile, settings),
+                start=slot.start,
+                end=slot.end,
+            )
+            amount = hold_amount(settings, terms)
+            if amount > 0:
+                try:
+                    hold = await holds.place_hold(
+                        conn,
+                        key=f"booking:{c.id}",
+                        user_id=user_id,
+                        amount=amount,
+                        currency=settings.currency,
+                        reason="booking",
+                        expires_at=slot.end + HOLD_GRACE,
+                        consultation_id=c.id,
+                    )
+                except InsufficientFunds as exc:
+                    # Issue 17: say how much is missing; the shortfall checkout pays exactly that.
+                    available = int(exc.details.get("available", 0))
+                    short = InsufficientFunds(
+                        "the wallet does not cover this booking",
+                        details={"required": amount, "available": available,
+                                 "shortfall": amount - available},
+                    )  # fmt: skip
+                    if pay_shortfall is None:
+                        raise short from exc
+                    shortfall_of = short.details["shortfall"]
+                else:
+                    shortfall_of = 0
+                    await lifecycle.set_hold_txn(conn, c.id, hold.id)
+                    c = lifecycle.Consultation(**{**c.__dict__, "hold_id": hold.id})
+                if shortfall_of:
+                    # Leave this transaction (the booking is redone with its recharge): the gateway
+                    # call must not run inside a database transaction.
+                    raise _Shortfall(shortfall_of)
+    except _Shortfall as short:
+        assert pay_shortfall is not None
+        from consultations import shortfall
+
+        return await shortfall.checkout(
+            services,
             user_id=user_id,
             astrologer_id=astrologer_id,
             type_=type_,
-            terms=terms,
-            share_percent=lifecycle.share_for(profile, settings),
             start=slot.start,
             end=slot.end,
+            share_percent=lifecycle.share_for(profile, settings),
+            list_rate=list_rate,
+            promo_code=promo_code,
+            gateway=pay_shortfall,
+            shortfall=short.amount,
         )
-        amount = hold_amount(settings, terms)
-        if amount > 0:
-            hold = await holds.place_hold(
-                conn,
-                key=f"booking:{c.id}",
-                user_id=user_id,
-                amount=amount,
-                currency=settings.currency,
-                reason="booking",
-                expires_at=slot.end + HOLD_GRACE,
-                consultation_id=c.id,
-            )
-            await lifecycle.set_hold_txn(conn, c.id, hold.id)
-            c = lifecycle.Consultation(**{**c.__dict__, "hold_id": hold.id})
-    await _schedule_start(services, c)
+    await after_booked(services, c)
     await lifecycle.publish(services, c)
     return c
+
+
+class _Shortfall(Exception):
+    """Inside `book`: the wallet is short by `amount` and the user asked to pay it."""
+
+    def __init__(self, amount: int) -> None:
+        super().__init__(amount)
+        self.amount = amount
+
+
+async def after_booked(services: Services, c: lifecycle.Consultation) -> None:
+    """After a booking is (or becomes) `scheduled`: its start job, its reminders, and both sides
+    told it is confirmed (issue 17)."""
+    from consultations import reminders
+
+    await _schedule_start(services, c)
+    await reminders.schedule(services, c)
+    await reminders.announce(services, c, "booking_confirmed")
 
 
 async def _schedule_start(services: Services, c: lifecycle.Consultation) -> None:
@@ -271,11 +330,11 @@ async def settle_hold_txn(
     hold = await holds.get_hold(conn, c.hold_id)
     if hold is None or hold.status != "open":
         return
-    fee = hold.amount * settings.cancel_late_fee_percent // 100 if late_fee else 0
+    fee = rules.late_fee(hold.amount, settings.cancel_late_fee_percent) if late_fee else 0
     if fee <= 0:
         await holds.release_hold(conn, c.hold_id, f"consultation {c.status}")
         return
-    astrologer_part, platform_part = pricing.split_share(fee, c.share_percent)
+    astrologer_part, platform_part = rules.split(fee, c.share_percent)
     wallet = await account_id(conn, "user_wallet", c.user_id, c.currency)
     legs = [Leg(wallet, -fee)]
     if astrologer_part:

@@ -21,12 +21,14 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from core.errors import Conflict, NotFound
+from core import crypto
+from core.errors import Conflict, NotFound, ValidationFailed
+from core.times import rfc3339
 from db.pool import Executor
 
 log = logging.getLogger(__name__)
@@ -39,12 +41,6 @@ HISTORY_MAX = 500  # one history page; a client asks again with the last seq it 
 BATCH_MAX = 256
 
 
-def rfc3339(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 @dataclass(frozen=True)
 class ChatMessage:
     id: uuid.UUID
@@ -54,31 +50,43 @@ class ChatMessage:
     client_msg_id: str
     text: str
     sent_at: datetime
+    # Issue 17: the message's attachment, and its public form ({id, content_type, size, url})
+    # once the caller (who has the file storage) filled it in: consultations/attachments.py.
+    attachment_id: uuid.UUID | None = None
+    attachment: dict[str, Any] | None = None
 
     @classmethod
-    def from_row(cls, row: asyncpg.Record) -> ChatMessage:
+    def from_row(cls, row: asyncpg.Record, text: str | None = None) -> ChatMessage:
+        """The message of a row; its text decrypted, unless the caller (who just stored it)
+        gives it."""
+        if text is None:
+            text = _read_body(row)
         return cls(
             id=row["id"],
             consultation_id=row["consultation_id"],
             seq=row["seq"],
             sender_id=row["sender_id"],
             client_msg_id=row["client_msg_id"],
-            text=row["body"],
+            text=text,
             sent_at=row["created_at"],
+            attachment_id=row.get("attachment_id"),  # issue 17
         )
 
     def to_public(self) -> dict[str, Any]:
         """The `chat:message` payload of API.md (plus the sender's `client_msg_id`, so the
         sender's other devices can match their own messages)."""
-        return {
+        public = {
             "id": str(self.id),
             "consultation_id": str(self.consultation_id),
             "seq": self.seq,
             "sender_id": str(self.sender_id),
             "client_msg_id": self.client_msg_id,
             "text": self.text,
-            "sent_at": rfc3339(self.sent_at),
+            "sent_at": rfc3339(self.sent_at, milliseconds=True),
         }
+        if self.attachment is not None:  # issue 17
+            public["attachment"] = self.attachment
+        return public
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,53 @@ class ChatRoom:
         return self.astrologer_id if me == self.user_id else self.user_id
 
 
-MESSAGE_COLUMNS = "id, consultation_id, seq, sender_id, client_msg_id, body, created_at"
+MESSAGE_COLUMNS = (
+    "id, consultation_id, seq, sender_id, client_msg_id, body, body_enc, created_at, attachment_id"
+)
+# What an insert returns: the caller has the text already, so the ciphertext need not come back.
+STORED_COLUMNS = "id, consultation_id, seq, sender_id, client_msg_id, created_at"
+
+
+# Texts at rest (migration 0016): encrypted in body_enc, bound to their consultation, sender and
+# client_msg_id (unique together), so a ciphertext moved to another message does not decrypt.
+# `body` holds the plaintext of messages from before encryption until rotate-data-key runs.
+def body_aad(consultation_id: object, sender_id: object, client_msg_id: object) -> bytes:
+    return crypto.aad("chat_messages.body_enc", consultation_id, sender_id, client_msg_id)
+
+
+BODY_COLUMN = crypto.register(
+    crypto.EncryptedColumn(
+        table="chat_messages",
+        column="body_enc",
+        key="id",
+        aad_columns=("consultation_id", "sender_id", "client_msg_id"),
+        aad_of=lambda values: body_aad(*values),
+        legacy="body",
+        legacy_clear="body = NULL",
+    )
+)
+
+
+def _seal(consultation_id: uuid.UUID, sender_id: uuid.UUID, client_msg_id: str, text: str) -> bytes:
+    _check_text(text)
+    return crypto.current().encrypt_text(text, body_aad(consultation_id, sender_id, client_msg_id))
+
+
+def _check_text(text: str) -> None:
+    """PostgreSQL refused NUL characters in the plaintext column; the ciphertext would take them,
+    so they are refused here, as before."""
+    if "\x00" in text:
+        raise ValidationFailed({"text": "must not contain NUL characters"})
+
+
+def _read_body(row: asyncpg.Record) -> str:
+    sealed = row["body_enc"]
+    if sealed is None:
+        return str(row["body"])  # written before encryption, not yet rotated
+    return crypto.current().decrypt_text(
+        sealed, body_aad(row["consultation_id"], row["sender_id"], row["client_msg_id"])
+    )
+
 
 # The consultation, only for one of its two participants (anyone else: no row, i.e. not found).
 GET_FOR_PARTICIPANT = """
@@ -104,8 +158,9 @@ SELECT * FROM consultations WHERE id = $1 AND $2 IN (user_id, astrologer_id)
 """
 GET_CONSULTATION = "SELECT * FROM consultations WHERE id = $1"
 
-# Check and act in one statement: only a participant, only while the consultation is accepted or
-# active (or, for the astrologer, within $5 seconds after it completed), bump the counter and insert
+# Check and act in one statement: only a participant, only while the consultation is active (issue
+# 12: not while merely accepted, that was free chat; or, for the astrologer, within $5 seconds
+# after it completed), bump the counter and insert
 # the message with the new seq. A unique violation (a resent client_msg_id) aborts the whole
 # statement, the bump included, so no seq is ever skipped.
 SEND = f"""
@@ -113,7 +168,7 @@ WITH allowed AS (
     SELECT k.id FROM consultations k
      WHERE k.id = $1
        AND $2 IN (k.user_id, k.astrologer_id)
-       AND (k.status IN ('accepted', 'active')
+       AND (k.status = 'active'
             OR (k.status = 'completed' AND $2 = k.astrologer_id
                 AND k.ended_at > now() - make_interval(secs => $5::float8)))
 ), bump AS (
@@ -122,13 +177,20 @@ WITH allowed AS (
     ON CONFLICT (consultation_id) DO UPDATE SET last_seq = c.last_seq + 1
     RETURNING last_seq
 )
-INSERT INTO chat_messages (consultation_id, seq, sender_id, client_msg_id, body)
-SELECT $1, last_seq, $2, $3, $4 FROM bump
-RETURNING {MESSAGE_COLUMNS}
+INSERT INTO chat_messages (consultation_id, seq, sender_id, client_msg_id, body_enc)
+SELECT $1, last_seq, $2, $3, $4::bytea FROM bump
+RETURNING {STORED_COLUMNS}
 """
 GET_BY_CLIENT_ID = f"""
 SELECT {MESSAGE_COLUMNS} FROM chat_messages
  WHERE consultation_id = $1 AND sender_id = $2 AND client_msg_id = $3
+"""
+# Many GET_BY_CLIENT_ID at once (ChatWriter's resends), by the (consultation, sender,
+# client_msg_id) unique key.
+GET_BY_CLIENT_IDS = f"""
+SELECT {MESSAGE_COLUMNS} FROM chat_messages
+  JOIN unnest($1::uuid[], $2::uuid[], $3::text[]) AS k(consultation_id, sender_id, client_msg_id)
+ USING (consultation_id, sender_id, client_msg_id)
 """
 HISTORY = f"""
 SELECT {MESSAGE_COLUMNS} FROM chat_messages
@@ -158,7 +220,7 @@ RETURNING up_to_seq
 SEND_BATCH = f"""
 WITH input AS (
     SELECT t.cid, t.sender, t.cmid, t.body, t.ord
-      FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[])
+      FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bytea[])
            WITH ORDINALITY AS t(cid, sender, cmid, body, ord)
 ), allowed AS MATERIALIZED (
     SELECT i.cid, i.sender, i.cmid, i.body,
@@ -167,7 +229,7 @@ WITH input AS (
       FROM input i
       JOIN consultations k ON k.id = i.cid
      WHERE i.sender IN (k.user_id, k.astrologer_id)
-       AND (k.status IN ('accepted', 'active')
+       AND (k.status = 'active'
             OR (k.status = 'completed' AND i.sender = k.astrologer_id
                 AND k.ended_at > now() - make_interval(secs => $5::float8)))
        AND NOT EXISTS (SELECT 1 FROM chat_messages m
@@ -179,11 +241,11 @@ WITH input AS (
     ON CONFLICT (consultation_id) DO UPDATE SET last_seq = c.last_seq + EXCLUDED.last_seq
     RETURNING consultation_id, last_seq
 )
-INSERT INTO chat_messages (consultation_id, seq, sender_id, client_msg_id, body)
+INSERT INTO chat_messages (consultation_id, seq, sender_id, client_msg_id, body_enc)
 SELECT a.cid, b.last_seq - a.n + a.rn, a.sender, a.cmid, a.body
   FROM allowed a JOIN bump b ON b.consultation_id = a.cid
  ORDER BY a.cid, a.rn
-RETURNING {MESSAGE_COLUMNS}
+RETURNING {STORED_COLUMNS}
 """
 
 
@@ -214,11 +276,16 @@ async def send_message(
 ) -> tuple[ChatMessage, bool]:
     """Store a message; returns it and whether it is new (False: a resend of a stored one).
 
-    `NotFound` when the sender is not a participant, `Conflict consultation_not_active` when the
+    `NotFound` when the sender is not a participant, `Conflict not_active` when the
     consultation does not take messages now."""
     try:
         row = await conn.fetchrow(
-            SEND, consultation_id, sender_id, client_msg_id, text, after_end_seconds
+            SEND,
+            consultation_id,
+            sender_id,
+            client_msg_id,
+            _seal(consultation_id, sender_id, client_msg_id, text),
+            after_end_seconds,
         )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "chat_messages_client_id_unique":
@@ -227,7 +294,7 @@ async def send_message(
         assert existing is not None, "a unique violation means the row exists"
         return ChatMessage.from_row(existing), False
     if row is not None:
-        return ChatMessage.from_row(row), True
+        return ChatMessage.from_row(row, text), True
     # Nothing inserted: tell a stranger "not found", a participant why not.
     existing = await conn.fetchrow(GET_BY_CLIENT_ID, consultation_id, sender_id, client_msg_id)
     if existing is not None:  # a resend after the consultation ended still gets its seq back
@@ -240,8 +307,63 @@ async def send_message(
         raise NotFound("no such consultation")
     raise Conflict(
         f"this consultation does not take messages now (status {consultation['status']})",
-        code="consultation_not_active",
+        code="not_active",  # API.md: the code of every "only while active" refusal
     )
+
+
+# Issue 17: a message carrying an attachment, stored one at a time (not through the group commit:
+# its file was just checked, and it is rare). The same checks as SEND, and the attachment must be
+# a ready one of this consultation, uploaded by the sender.
+SEND_ATTACHMENT = f"""
+WITH allowed AS (
+    SELECT k.id FROM consultations k
+     WHERE k.id = $1
+       AND $2 IN (k.user_id, k.astrologer_id)
+       AND k.status = 'active'
+       AND EXISTS (SELECT 1 FROM chat_attachments a
+                    WHERE a.id = $5 AND a.consultation_id = $1 AND a.uploader_id = $2
+                      AND a.status = 'ready')
+), bump AS (
+    INSERT INTO chat_counters AS c (consultation_id, last_seq)
+    SELECT id, 1 FROM allowed
+    ON CONFLICT (consultation_id) DO UPDATE SET last_seq = c.last_seq + 1
+    RETURNING last_seq
+)
+INSERT INTO chat_messages (consultation_id, seq, sender_id, client_msg_id, body_enc, attachment_id)
+SELECT $1, last_seq, $2, $3, $4::bytea, $5 FROM bump
+RETURNING {STORED_COLUMNS}, attachment_id
+"""
+
+
+async def send_attachment_message(
+    conn: Executor,
+    consultation_id: uuid.UUID,
+    sender_id: uuid.UUID,
+    client_msg_id: str,
+    text: str,
+    attachment_id: uuid.UUID,
+) -> tuple[ChatMessage, bool]:
+    """Store a message with a ready attachment (text may be empty); like `send_message`: the
+    same client_msg_id again is the stored message, `not_active` outside an active session."""
+    try:
+        row = await conn.fetchrow(
+            SEND_ATTACHMENT,
+            consultation_id,
+            sender_id,
+            client_msg_id,
+            _seal(consultation_id, sender_id, client_msg_id, text),
+            attachment_id,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != "chat_messages_client_id_unique":
+            raise
+        row = None
+    if row is not None:
+        return ChatMessage.from_row(row, text), True
+    existing = await conn.fetchrow(GET_BY_CLIENT_ID, consultation_id, sender_id, client_msg_id)
+    if existing is not None:
+        return ChatMessage.from_row(existing), False
+    raise Conflict("this consultation does not take messages now", code="not_active")
 
 
 Stored = Callable[[list[tuple["ChatMessage", Any]]], None]
@@ -273,7 +395,7 @@ class ChatWriter:
     A message sent again while its first copy is still queued or in flight is the same message (the
     second `send` gets `created=False`). Anything the batch statement leaves out or fails on is
     stored or answered one message at a time with `send_message`, which gives the exact answer:
-    the stored copy of a resend, `NotFound`, `Conflict consultation_not_active`, or the error."""
+    the stored copy of a resend, `NotFound`, `Conflict not_active`, or the error."""
 
     def __init__(
         self,
@@ -304,6 +426,7 @@ class ChatWriter:
     ) -> tuple[ChatMessage, bool]:
         """Store a message; returns it and whether it is new. Queues it without suspending, so
         messages are stored in the order `send` was called."""
+        _check_text(text)  # refused alone, before it can fail a whole batch
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[tuple[ChatMessage, bool]] = loop.create_future()
         key = (consultation_id, sender_id, client_msg_id)
@@ -356,7 +479,7 @@ class ChatWriter:
                 [i.consultation_id for i in batch],
                 [i.sender_id for i in batch],
                 [i.client_msg_id for i in batch],
-                [i.text for i in batch],
+                [_seal(i.consultation_id, i.sender_id, i.client_msg_id, i.text) for i in batch],
                 self.after_end_seconds,
             )
         except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
@@ -365,9 +488,11 @@ class ChatWriter:
             log.warning("chat batch failed; storing one by one", exc_info=True)
             await self._drop_connection()
         stored: dict[tuple[uuid.UUID, uuid.UUID, str], ChatMessage] = {}
+        texts = {item.key: item.text for item in batch}
         for row in rows or ():
-            message = ChatMessage.from_row(row)
-            stored[(message.consultation_id, message.sender_id, message.client_msg_id)] = message
+            key = (row["consultation_id"], row["sender_id"], row["client_msg_id"])
+            stored[key] = ChatMessage.from_row(row, texts[key])
+        resent = await self._stored_copies([i for i in batch if i.key not in stored])  # issue 15
         results: list[tuple[ChatMessage, bool] | BaseException] = []
         new: list[tuple[ChatMessage, Any]] = []
         for item in batch:
@@ -375,6 +500,9 @@ class ChatWriter:
             if message_or_none is not None:
                 results.append((message_or_none, True))
                 new.append((message_or_none, item.tag))
+                continue
+            if item.key in resent:  # a resend of a stored message: its stored copy
+                results.append((resent[item.key], False))
                 continue
             try:  # left out (a resend, refused) or the batch failed: the exact answer, alone
                 message, created = await send_message(
@@ -398,6 +526,29 @@ class ChatWriter:
             except Exception:  # stored is stored: the ack still goes out; receivers catch up
                 log.exception("chat delivery hand-off failed")
         return results
+
+    async def _stored_copies(
+        self, items: list[_Pending]
+    ) -> dict[tuple[uuid.UUID, uuid.UUID, str], ChatMessage]:
+        """The stored copies of `items` that are resends, in ONE query (issue 15: a reconnecting
+        client resends its unacked messages in bursts; one lookup each made resends six times
+        slower than new messages). What is not found gets its exact answer alone."""
+        if not items:
+            return {}
+        try:
+            rows = await self.pool.fetch(
+                GET_BY_CLIENT_IDS,
+                [i.consultation_id for i in items],
+                [i.sender_id for i in items],
+                [i.client_msg_id for i in items],
+            )
+        except Exception:
+            log.warning("resend lookup failed; answering one by one", exc_info=True)
+            return {}
+        return {
+            (r["consultation_id"], r["sender_id"], r["client_msg_id"]): ChatMessage.from_row(r)
+            for r in rows
+        }
 
     @staticmethod
     def _answer(

@@ -56,6 +56,7 @@ class Astrologer:
     min_rate: int | None
     avatar_key: str | None
     timezone: str
+    rate_question: int | None = None  # issue 16: the price of a written question
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Astrologer:
@@ -70,7 +71,7 @@ class Astrologer:
 COLUMNS = """
 p.user_id AS id, p.display_name, p.bio, p.skills, p.languages, p.experience_years, p.rate_chat,
 p.rate_voice, p.rate_video, p.rating_avg, p.rating_count, p.consultations_count, p.min_rate,
-u.avatar_key, p.timezone
+u.avatar_key, p.timezone, p.rate_question
 """
 FROM = """
 FROM astrologer_profiles p JOIN users u ON u.id = p.user_id

@@ -58,6 +58,11 @@ def expire_request_job(consultation_id: uuid.UUID) -> str:
     return f"consultation:expire:{consultation_id}"
 
 
+def expire_unstarted_job(consultation_id: uuid.UUID) -> str:
+    """The join timeout's job (JOIN_TIMEOUT_SECONDS after the acceptance; issue 12)."""
+    return f"consultation:unstarted:{consultation_id}"
+
+
 def start_booking_job(consultation_id: uuid.UUID) -> str:
     return f"consultation:start-booking:{consultation_id}"
 

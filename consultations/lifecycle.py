@@ -4,6 +4,8 @@
                   │             ├─► rejected   (the astrologer says no)
                   │             ├─► missed     (nobody answered within REQUEST_TIMEOUT_SECONDS)
                   └─────────────┴─► cancelled  (the user, before it is active)
+    accepted ─► missed    (nobody started it within JOIN_TIMEOUT_SECONDS)
+    accepted ─► rejected  (the astrologer ends it before it started)
 
 Every transition is ONE conditional UPDATE (`... WHERE id = $1 AND status = 'requested'`), so
 two racing transitions (two accepts, accept vs cancel, accept vs the timeout) leave one outcome:
@@ -14,8 +16,10 @@ What happens beside a transition (promo given back, booking hold released or cap
 the same transaction; what happens after it (Socket.IO events, presence `busy`, push, timers)
 runs after the commit, in `publish`.
 
-The meter (billing/) drives `mark_active` and `complete`, which take the caller's connection and
-do not publish: call `publish(services, consultation)` after committing.
+The live session (live/) drives `mark_active` and `complete`, which take the caller's connection
+and do not publish: call `publish(services, consultation)` after committing. An accepted
+consultation nobody starts becomes `missed` after JOIN_TIMEOUT_SECONDS (`miss_unstarted`, an arq
+job scheduled at the acceptance, and the sweep).
 """
 
 from __future__ import annotations
@@ -24,19 +28,23 @@ import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 from redis.exceptions import RedisError
 
-from billing import pricing
+from auth import birth_profiles
+from billing import rules
 from billing.ledger import wallet_balance
 from consultations import keys, presence, promos
+from core import events
 from core.errors import AppError, Conflict, NotFound, PaymentRequired, ValidationFailed
 from core.services import Services
 from core.settings import Settings
+from core.times import rfc3339
 from db.pool import Conn, Executor
+from notify import notify
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,7 @@ OPEN = ("scheduled", "requested", "accepted", "active")
 TERMINAL = ("completed", "rejected", "missed", "cancelled")
 
 EXPIRE_REQUEST_JOB = "expire_request"
+EXPIRE_UNSTARTED_JOB = "expire_unstarted"
 START_BOOKING_JOB = "start_booking"
 
 
@@ -62,6 +71,20 @@ class InvalidState(Conflict):
 
     def __init__(self, status: str, message: str | None = None) -> None:
         super().__init__(message, details={"status": status})
+
+
+class NotActive(Conflict):
+    code, message = "not_active", "this consultation is not in a live session"
+
+    def __init__(self, status: str, message: str | None = None) -> None:
+        super().__init__(message, details={"status": status})
+
+
+class OpenRequestExists(Conflict):
+    code, message = (
+        "open_request_exists",
+        "you already have an open consultation; finish or cancel it first",
+    )
 
 
 class RequestExpired(Conflict):
@@ -111,18 +134,11 @@ class Consultation:
         return cls(**values)
 
 
-def iso(value: datetime | None) -> str | None:
-    """RFC 3339 UTC with a `Z`, to the second, as the API promises."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def to_public(c: Consultation, *, request_timeout_seconds: float | None = None) -> dict[str, Any]:
     """The consultation as REST answers and Socket.IO events carry it (JSON-ready)."""
     expires_at = None
     if c.status == "requested" and request_timeout_seconds is not None:
-        expires_at = iso(c.requested_at + timedelta(seconds=request_timeout_seconds))
+        expires_at = rfc3339(c.requested_at + timedelta(seconds=request_timeout_seconds))
     return {
         "id": str(c.id),
         "user": {"id": str(c.user_id), "name": c.user_name},
@@ -139,17 +155,17 @@ def to_public(c: Consultation, *, request_timeout_seconds: float | None = None) 
         "promo_credit": c.promo_credit,
         "promo_applied": c.promo_id is not None,
         "max_minutes": c.max_minutes,
-        "scheduled_at": iso(c.scheduled_at),
-        "scheduled_end": iso(c.scheduled_end),
-        "requested_at": iso(c.requested_at),
+        "scheduled_at": rfc3339(c.scheduled_at),
+        "scheduled_end": rfc3339(c.scheduled_end),
+        "requested_at": rfc3339(c.requested_at),
         "expires_at": expires_at,
-        "accepted_at": iso(c.accepted_at),
-        "started_at": iso(c.started_at),
-        "ended_at": iso(c.ended_at),
+        "accepted_at": rfc3339(c.accepted_at),
+        "started_at": rfc3339(c.started_at),
+        "ended_at": rfc3339(c.ended_at),
         "billed_minutes": c.billed_minutes,
         "total_charged": c.total_charged,
         "close_reason": c.close_reason,
-        "created_at": iso(c.created_at),
+        "created_at": rfc3339(c.created_at),
     }
 
 
@@ -177,8 +193,8 @@ GET = f"SELECT {_COLUMNS} FROM consultations c {_JOINS} WHERE c.id = $1"
 GET_FOR_UPDATE = "SELECT status FROM consultations WHERE id = $1 FOR UPDATE"
 PROFILE_FOR_REQUEST = """
 SELECT p.display_name, p.rate_chat, p.rate_voice, p.rate_video, p.share_percent, p.timezone
-  FROM astrologer_profiles p
- WHERE p.user_id = $1 AND p.verification = 'approved'
+  FROM astrologer_profiles p JOIN users u ON u.id = p.user_id
+ WHERE p.user_id = $1 AND p.verification = 'approved' AND u.status = 'active'
 """
 HAS_LIVE = """
 SELECT EXISTS (SELECT 1 FROM consultations
@@ -213,12 +229,38 @@ UPDATE consultations SET status = 'accepted', accepted_at = now(), updated_at = 
    AND requested_at > now() - make_interval(secs => $3)
 RETURNING *
 """)
+# An accepted consultation that never started may be rejected too (the astrologer ends it): it
+# would otherwise keep the astrologer busy until the join timeout.
 REJECT = _returning("""
 UPDATE consultations
    SET status = 'rejected', ended_at = now(), closed_by = $2, close_reason = $3, updated_at = now()
- WHERE id = $1 AND astrologer_id = $2 AND status IN ('requested', 'scheduled')
+ WHERE id = $1 AND astrologer_id = $2 AND status IN ('requested', 'scheduled', 'accepted')
 RETURNING *
 """)
+# One open instant consultation per user (requested, accepted or active, not a booking): one
+# balance cannot cover several sessions at once. The unique index consultations_one_open_instant
+# (0012) is the last word; this check gives the friendly error.
+HAS_OPEN_INSTANT = """
+SELECT EXISTS (SELECT 1 FROM consultations
+                WHERE user_id = $1 AND scheduled_at IS NULL
+                  AND status IN ('requested', 'accepted', 'active'))
+"""
+MISS_UNSTARTED = _returning("""
+UPDATE consultations
+   SET status = 'missed', ended_at = now(), close_reason = 'not started in time',
+       updated_at = now()
+ WHERE id = $1 AND status = 'accepted' AND accepted_at <= now() - make_interval(secs => $2)
+RETURNING *
+""")
+OVERDUE_UNSTARTED = """
+SELECT id FROM consultations
+ WHERE status = 'accepted' AND accepted_at <= now() - make_interval(secs => $1)
+ ORDER BY accepted_at LIMIT $2
+"""
+SECONDS_UNTIL_UNSTARTED = """
+SELECT status, extract(epoch FROM accepted_at + make_interval(secs => $2) - now())::float8 AS left
+  FROM consultations WHERE id = $1
+"""
 CANCEL = _returning("""
 UPDATE consultations
    SET status = 'cancelled', ended_at = now(), closed_by = $2, close_reason = $3, updated_at = now()
@@ -321,25 +363,25 @@ async def list_mine(
 async def publish(services: Services, c: Consultation, *, requested: bool = False) -> None:
     """Tell both participants (`consultation:updated`), and the astrologer about a new request
     (`consultation:requested` and a push); keep presence `busy` in step with PostgreSQL."""
-    payload = {
-        "consultation": to_public(
-            c, request_timeout_seconds=services.settings.request_timeout_seconds
-        )
-    }
-    for room in (f"user:{c.user_id}", f"user:{c.astrologer_id}"):
-        await services.emitter.emit("consultation:updated", payload, room=room)
+    public = to_public(c, request_timeout_seconds=services.settings.request_timeout_seconds)
+    updated = events.ConsultationUpdated(consultation=events.Consultation.model_validate(public))
+    for room in (events.Room.user(c.user_id), events.Room.user(c.astrologer_id)):
+        await events.send(services.emitter, updated, room)  # issue 15: typed events
     if requested:
-        await services.emitter.emit(
-            "consultation:requested", payload, room=f"user:{c.astrologer_id}"
+        # Issue 16: the astrologer's copy carries the frozen birth profiles.
+        consultation = await birth_profiles.with_profiles(
+            services.db, services.settings, c.id, c.astrologer_id, public
         )
+        request = events.ConsultationRequested(
+            consultation=events.Consultation.model_validate(consultation)
+        )
+        await events.send(services.emitter, request, events.Room.user(c.astrologer_id))
     if c.status not in ("requested", "scheduled"):
         await presence.sync_busy(services, c.astrologer_id)
     await _notify(services, c, requested=requested)
 
 
 async def _notify(services: Services, c: Consultation, *, requested: bool) -> None:
-    from notify import notify  # notify sits beside us; imported late to keep import order free
-
     try:
         if requested:
             await notify(
@@ -362,18 +404,23 @@ async def _notify(services: Services, c: Consultation, *, requested: bool) -> No
         log.exception("notification failed", extra={"consultation_id": str(c.id)})
 
 
-async def schedule_timeout(services: Services, c: Consultation) -> None:
-    """The durable missed-timeout: an arq job due when the request expires. If Redis loses it, or
-    nobody runs it, the sweep (every few seconds) misses the request instead."""
+async def _schedule(
+    services: Services, job: str, c: Consultation, job_id: str, after: float
+) -> None:
+    """A durable timer: an arq job due `after` seconds from now. If Redis loses it, or nobody
+    runs it, the sweep (every few seconds) applies the same transition instead."""
     try:
         await services.arq.enqueue_job(
-            EXPIRE_REQUEST_JOB,
-            str(c.id),
-            _job_id=keys.expire_request_job(c.id),
-            _defer_by=timedelta(seconds=services.settings.request_timeout_seconds),
+            job, str(c.id), _job_id=job_id, _defer_by=timedelta(seconds=after)
         )
     except (RedisError, OSError):
-        log.warning("could not enqueue the request timeout; the sweep will miss it", exc_info=True)
+        log.warning("could not enqueue %s; the sweep will do it", job, exc_info=True)
+
+
+async def schedule_timeout(services: Services, c: Consultation) -> None:
+    """The missed-timeout: due when the request expires (REQUEST_TIMEOUT_SECONDS)."""
+    after = services.settings.request_timeout_seconds
+    await _schedule(services, EXPIRE_REQUEST_JOB, c, keys.expire_request_job(c.id), after)
 
 
 # -- transitions ------------------------------------------------------------------------------
@@ -395,16 +442,23 @@ def _cap(settings: Settings) -> int | None:
     return settings.max_session_minutes or None
 
 
-def affordable_minutes(
-    settings: Settings, available: int, rate: int, free_minutes: int, credit: int
-) -> int | None:
-    """How long the wallet (and the free minutes) can pay for, capped by MAX_SESSION_MINUTES;
-    None when nothing but the cap limits it."""
-    cap = _cap(settings)
-    if rate == 0:
-        return cap
-    minutes = free_minutes + pricing.minutes_affordable(available + credit, rate)
-    return min(minutes, cap) if cap else minutes
+def affordable_minutes(settings: Settings, available: int, terms: rules.Terms) -> int | None:
+    """How long the spendable balance, the free minutes and the promo credit can pay for, capped
+    by the session's cap (billing/rules.py: the same definition as the meter's)."""
+    cap = rules.session_cap(
+        terms,
+        max_session_minutes=settings.max_session_minutes,
+        free_session_max_minutes=settings.free_session_max_minutes,
+    )
+    return rules.minutes_left(terms, 0, available, cap)
+
+
+def money_terms(c: Consultation) -> rules.Terms:
+    """The frozen terms of a consultation as the money rules see them."""
+    return rules.Terms(
+        c.list_rate if c.list_rate is not None else c.rate, c.rate, c.share_percent,
+        c.free_minutes, c.promo_credit, c.currency, c.max_minutes,
+    )  # fmt: skip
 
 
 async def load_profile(conn: Executor, astrologer_id: uuid.UUID) -> asyncpg.Record:
@@ -426,6 +480,7 @@ async def request(
     astrologer_id: uuid.UUID,
     type_: str,
     promo_code: str | None = None,
+    profiles: list[dict[str, Any]] | None = None,
 ) -> Consultation:
     """A user asks for an instant consultation (`requested`).
 
@@ -446,6 +501,8 @@ async def request(
         raise AstrologerBusy()
     consultation_id = uuid.uuid4()
     async with services.db.acquire() as conn, conn.transaction():
+        if await conn.fetchval(HAS_OPEN_INSTANT, user_id):
+            raise OpenRequestExists()
         if await conn.fetchval(HAS_LIVE, astrologer_id):
             raise AstrologerBusy()
         holder = await conn.fetchval(OFFER_HOLDER, astrologer_id)
@@ -455,15 +512,12 @@ async def request(
             conn, settings, user_id=user_id, list_rate=list_rate, promo_code=promo_code
         )
         available = await _available(conn, user_id, settings.currency)
-        if not pricing.covers_start(
-            available + terms.promo_credit, terms.rate, settings.min_start_minutes,
-            terms.free_minutes,
-        ):  # fmt: skip
+        money = terms.money(share_for(profile, settings), settings.currency, _cap(settings))
+        if not rules.covers_start(money, available, settings.min_start_minutes):
             raise InsufficientBalance(
                 details={
                     "available": available,
-                    "required": terms.rate * max(0, settings.min_start_minutes - terms.free_minutes)
-                    - terms.promo_credit,
+                    "required": rules.start_cost(money, settings.min_start_minutes),
                     "rate": terms.rate,
                     "min_start_minutes": settings.min_start_minutes,
                 }
@@ -486,17 +540,21 @@ async def request(
             )
             await promos.record_txn(conn, terms, user_id=user_id, consultation_id=consultation_id)
         except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "consultations_one_open_instant":
+                raise OpenRequestExists() from exc
             raise Conflict(
                 "a concurrent request took the free consultation; try again", code="retry"
             ) from exc
         assert row is not None
+        # Issue 16: the frozen copy of the chosen birth profiles (auth/birth_profiles.freeze).
+        await birth_profiles.attach_txn(conn, consultation_id, profiles or [])
         await conn.execute(FULFIL_WAITLIST, astrologer_id, user_id, consultation_id)
     c = Consultation.from_row(row)
     await schedule_timeout(services, c)
     await publish(services, c, requested=True)
     return dataclasses.replace(
         c,
-        max_minutes=affordable_minutes(settings, available, c.rate, c.free_minutes, c.promo_credit),
+        max_minutes=affordable_minutes(settings, available, money_terms(c)),
     )
 
 
@@ -574,8 +632,16 @@ async def accept(
                 raise RequestExpired() from None
             raise err
     c = Consultation.from_row(row)
+    await schedule_join_timeout(services, c)
     await publish(services, c)
     return c
+
+
+async def schedule_join_timeout(services: Services, c: Consultation) -> None:
+    """The join timeout: due JOIN_TIMEOUT_SECONDS after the acceptance, turning an accepted
+    consultation nobody started into `missed`."""
+    after = services.settings.join_timeout_seconds
+    await _schedule(services, EXPIRE_UNSTARTED_JOB, c, keys.expire_unstarted_job(c.id), after)
 
 
 async def _close_txn(conn: Conn, services: Services, c: Consultation, *, late_fee: bool) -> None:
@@ -630,8 +696,18 @@ async def cancel(
 async def miss(services: Services, consultation_id: uuid.UUID) -> Consultation | None:
     """`requested → missed` once REQUEST_TIMEOUT_SECONDS have passed since the request (by the
     database clock). None when it is not due or no longer requested. Safe to call twice."""
+    return await _time_out(
+        services, MISS, consultation_id, services.settings.request_timeout_seconds
+    )
+
+
+async def _time_out(
+    services: Services, query: str, consultation_id: uuid.UUID, after: float
+) -> Consultation | None:
+    """A timeout's conditional transition to `missed` (`query`, due `after` seconds), its hold
+    released and promo given back in the same transaction; published after the commit."""
     async with services.db.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(MISS, consultation_id, services.settings.request_timeout_seconds)
+        row = await conn.fetchrow(query, consultation_id, after)
         if row is None:
             return None
         c = Consultation.from_row(row)
@@ -640,14 +716,36 @@ async def miss(services: Services, consultation_id: uuid.UUID) -> Consultation |
     return c
 
 
-async def seconds_until_missed(services: Services, consultation_id: uuid.UUID) -> float | None:
-    """Seconds left before a request may be missed; None when it is no longer requested."""
-    row = await services.db.fetchrow(
-        SECONDS_UNTIL_MISSED, consultation_id, services.settings.request_timeout_seconds
+async def miss_unstarted(services: Services, consultation_id: uuid.UUID) -> Consultation | None:
+    """`accepted → missed` once JOIN_TIMEOUT_SECONDS have passed since the acceptance (database
+    clock) and the session never started: any hold released, the astrologer free again. None
+    when not due or no longer accepted. Safe to call twice and to race the session's start (both
+    are conditional on `accepted`)."""
+    after = services.settings.join_timeout_seconds
+    return await _time_out(services, MISS_UNSTARTED, consultation_id, after)
+
+
+async def seconds_until_unstarted(services: Services, consultation_id: uuid.UUID) -> float | None:
+    """Seconds left before an accepted consultation times out; None when no longer accepted."""
+    after = services.settings.join_timeout_seconds
+    return await _seconds_left(
+        services, SECONDS_UNTIL_UNSTARTED, consultation_id, after, "accepted"
     )
-    if row is None or row["status"] != "requested":
+
+
+async def _seconds_left(
+    services: Services, query: str, consultation_id: uuid.UUID, after: float, status: str
+) -> float | None:
+    row = await services.db.fetchrow(query, consultation_id, after)
+    if row is None or row["status"] != status:
         return None
     return float(row["left"])
+
+
+async def seconds_until_missed(services: Services, consultation_id: uuid.UUID) -> float | None:
+    """Seconds left before a request may be missed; None when it is no longer requested."""
+    after = services.settings.request_timeout_seconds
+    return await _seconds_left(services, SECONDS_UNTIL_MISSED, consultation_id, after, "requested")
 
 
 async def start_booking(services: Services, consultation_id: uuid.UUID) -> Consultation | None:
@@ -666,18 +764,11 @@ async def start_booking(services: Services, consultation_id: uuid.UUID) -> Consu
 async def mark_active(
     conn: Conn, consultation_id: uuid.UUID, started_at: datetime
 ) -> Consultation | None:
-    """For the meter: `accepted → active` when the session starts. A booking's hold is released
-    in the same transaction (the meter charges minute by minute from then on). None when the
-    consultation was not `accepted`. Call `publish` after committing."""
-    from consultations import booking
-
-    async with conn.transaction():
-        row = await conn.fetchrow(MARK_ACTIVE, consultation_id, started_at)
-        if row is None:
-            return None
-        c = Consultation.from_row(row)
-        await booking.release_hold_txn(conn, c, "session started")
-    return c
+    """For the live session (live.session): `accepted → active` when the session starts, in the
+    caller's transaction (which also releases a booking's hold). None when the consultation was
+    not `accepted`. Call `publish` after committing."""
+    row = await conn.fetchrow(MARK_ACTIVE, consultation_id, started_at)
+    return Consultation.from_row(row) if row else None
 
 
 async def complete(
@@ -709,19 +800,21 @@ SWEEP_BATCH = 200  # rows one sweep pass handles; the next pass (seconds later) 
 
 
 async def sweep(services: Services) -> dict[str, int]:
-    """Miss overdue requests and turn due bookings into requests: the durable fallback of the
+    """Miss overdue requests and accepted consultations nobody started (JOIN_TIMEOUT_SECONDS),
+    and turn due bookings into requests: the durable fallback of the
     delayed jobs (a dead process, a lost Redis). Each row goes through its conditional
     transition, so a sweep racing a job or an accept changes it once."""
     timeout = services.settings.request_timeout_seconds
-    missed = started = 0
+    missed = started = unstarted = 0
     for row in await services.db.fetch(DUE_BOOKINGS, SWEEP_BATCH):
         if await start_booking(services, row["id"]) is not None:
             started += 1
     for row in await services.db.fetch(OVERDUE_REQUESTS, timeout, SWEEP_BATCH):
         if await miss(services, row["id"]) is not None:
             missed += 1
-    return {"missed": missed, "bookings_started": started}
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
+    for row in await services.db.fetch(
+        OVERDUE_UNSTARTED, services.settings.join_timeout_seconds, SWEEP_BATCH
+    ):
+        if await miss_unstarted(services, row["id"]) is not None:
+            unstarted += 1
+    return {"missed": missed, "bookings_started": started, "not_started": unstarted}

@@ -10,8 +10,9 @@ Three facts make the status, so a status can never be stale for longer than a TT
 status = busy if busy, else online if alive and wants online, else offline.
 
 Every change is published once as the Socket.IO `presence` event `{astrologer_id, status}` to the
-room `presence`. Expiry by TTL publishes nothing by itself: `sweep` (run every few seconds by the
-worker) notices and publishes `offline`.
+room `presence:{astrologer_id}`, whose members are the sockets watching that astrologer
+(`presence:watch`, realtime/watch.py) and the astrologer's own. Expiry by TTL publishes nothing
+by itself: `sweep` (run every few seconds by the worker) notices and publishes `offline`.
 
 The ids whose published status is online or busy are the set `presence:listed`, mirrored in
 PostgreSQL (`astrologer_presence_listed`, 0010) so `online=true` discovery is one SQL query.
@@ -29,6 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from consultations import keys
+from core import events, metrics
 from core.errors import AppError, Forbidden
 from core.services import Services
 from db.pool import Executor
@@ -36,10 +38,13 @@ from db.pool import Executor
 log = logging.getLogger(__name__)
 
 Status = Literal["online", "busy", "offline"]
-PRESENCE_EVENT = "presence"
-PRESENCE_ROOM = "presence"
 
-IS_APPROVED = "SELECT verification = 'approved' FROM astrologer_profiles WHERE user_id = $1"
+# A blocked astrologer is never online (issue 12): approved AND an active account.
+IS_APPROVED = """
+SELECT p.verification = 'approved' AND u.status = 'active'
+  FROM astrologer_profiles p JOIN users u ON u.id = p.user_id
+ WHERE p.user_id = $1
+"""
 LIVE_ASTROLOGERS = """
 SELECT DISTINCT astrologer_id FROM consultations
  WHERE astrologer_id = ANY($1::uuid[]) AND status IN ('accepted', 'active')
@@ -82,7 +87,7 @@ def _compute(alive: object, wants: object, busy: object) -> Status:
     return "offline"
 
 
-async def get_statuses(redis: Redis, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+async def get_statuses(redis: Redis, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Status]:
     """The current status of each astrologer id, in one round trip."""
     wanted = list(dict.fromkeys(ids))
     if not wanted:
@@ -95,7 +100,7 @@ async def get_statuses(redis: Redis, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID
     }
 
 
-async def get_status(redis: Redis, astrologer_id: uuid.UUID) -> str:
+async def get_status(redis: Redis, astrologer_id: uuid.UUID) -> Status:
     return (await get_statuses(redis, [astrologer_id]))[astrologer_id]
 
 
@@ -128,11 +133,12 @@ async def publish(services: Services, astrologer_id: uuid.UUID) -> str:
     if (previous or "offline") != status and "offline" in (previous or "offline", status):
         await _mirror_listed(services, astrologer_id, listed=status != "offline")
     if (previous or "offline") != status:
-        await services.emitter.emit(
-            PRESENCE_EVENT,
-            {"astrologer_id": str(astrologer_id), "status": status},
-            room=PRESENCE_ROOM,
+        await events.send(
+            services.emitter,
+            events.Presence(astrologer_id=str(astrologer_id), status=status),
+            events.Room.presence(astrologer_id),
         )
+        metrics.domain().presence_sent()
         if status == "online":
             await _came_free(
                 services, astrologer_id, was_offline=(previous or "offline") == "offline"

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from billing import rules
 from core.errors import AppError, Conflict
 from core.settings import Settings
 from db.pool import Conn
@@ -80,6 +81,15 @@ class Terms:
     promo_credit: int  # a flat promo: paid by the promotions account first
     promo_id: uuid.UUID | None
     free_claims: tuple[str, ...]  # free-first-consultation claims to record, if granted
+
+    def money(
+        self, share_percent: int, currency: str, max_minutes: int | None = None
+    ) -> rules.Terms:
+        """The money rules' view of these terms (billing/rules.py prices every minute from it)."""
+        return rules.Terms(
+            self.list_rate, self.rate, share_percent, self.free_minutes, self.promo_credit,
+            currency, max_minutes,
+        )  # fmt: skip
 
 
 PROMO_COLUMNS = (
@@ -224,7 +234,7 @@ async def terms_txn(
         promo = await claim_txn(conn, promo_code, user_id)
         promo_id = promo.id
         if promo.kind == "percent":
-            rate = list_rate * (100 - promo.value) // 100  # rounds down: never above the promise
+            rate = rules.discounted_rate(list_rate, promo.value)
         elif promo.kind == "flat":
             credit = promo.value
         else:

@@ -17,6 +17,7 @@ import asyncpg
 
 from consultations import lifecycle
 from core.errors import Conflict, NotFound
+from core.times import rfc3339
 from db.pool import Conn, Executor
 
 
@@ -31,13 +32,14 @@ class AlreadyComplained(Conflict):
 @dataclass(frozen=True)
 class Review:
     id: uuid.UUID
-    consultation_id: uuid.UUID
+    consultation_id: uuid.UUID | None  # issue 16: None for a review of a question
     user_id: uuid.UUID
     user_name: str | None
     astrologer_id: uuid.UUID
     rating: int
     comment: str | None
     created_at: datetime
+    question_id: uuid.UUID | None = None  # issue 16: reviews of answered questions count too
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Review:
@@ -46,11 +48,12 @@ class Review:
     def to_public(self) -> dict[str, Any]:
         return {
             "id": str(self.id),
-            "consultation_id": str(self.consultation_id),
+            "consultation_id": str(self.consultation_id) if self.consultation_id else None,
+            "question_id": str(self.question_id) if self.question_id else None,  # issue 16
             "user": {"id": str(self.user_id), "name": self.user_name},
             "rating": self.rating,
             "comment": self.comment,
-            "created_at": lifecycle.iso(self.created_at),
+            "created_at": rfc3339(self.created_at),
         }
 
 
@@ -65,7 +68,7 @@ class Complaint:
 
 REVIEW_COLUMNS = """
 r.id, r.consultation_id, r.user_id, u.name AS user_name, r.astrologer_id, r.rating, r.comment,
-r.created_at
+r.created_at, r.question_id
 """
 INSERT_REVIEW = f"""
 WITH r AS (

@@ -18,18 +18,20 @@ from datetime import datetime, timedelta
 import asyncpg
 from redis.exceptions import RedisError
 
-from billing import pricing
+from billing import rules
 from billing.ledger import wallet_balance
 from consultations import keys, lifecycle, presence
+from core import events
 from core.errors import Conflict
 from core.services import Services
+from core.times import rfc3339
 from db.pool import Conn
 
 log = logging.getLogger(__name__)
 
 EXPIRE_OFFER_JOB = "expire_waitlist_offer"
-OFFER_EVENT = "waitlist:offer"
-SKIPPED_EVENT = "waitlist:skipped"
+OFFER_EVENT = events.WaitlistOffer.name
+SKIPPED_EVENT = events.WaitlistSkipped.name
 
 
 class AstrologerAvailable(Conflict):
@@ -109,9 +111,12 @@ SELECT DISTINCT astrologer_id FROM waitlist_entries w
 
 
 async def _covers(services: Services, conn: Conn, user_id: uuid.UUID, rate: int) -> bool:
+    """Would the spendable balance start a consultation at `rate` (no promo: the request that
+    follows the offer prices its own promo)?"""
     settings = services.settings
     balance, held = await wallet_balance(conn, user_id, settings.currency)
-    return pricing.covers_start(balance - held, rate, settings.min_start_minutes)
+    terms = rules.Terms(rate, rate, settings.astrologer_share_percent, currency=settings.currency)
+    return rules.covers_start(terms, balance - held, settings.min_start_minutes)
 
 
 async def join(
@@ -198,10 +203,12 @@ async def offer_next(services: Services, astrologer_id: uuid.UUID) -> uuid.UUID 
                     return None  # another process offered meanwhile
                 skipped = None
         if skipped is not None:
-            await services.emitter.emit(
-                SKIPPED_EVENT,
-                {"astrologer_id": str(astrologer_id), "reason": "insufficient_balance"},
-                room=f"user:{skipped['user_id']}",
+            await events.send(
+                services.emitter,
+                events.WaitlistSkipped(
+                    astrologer_id=str(astrologer_id), reason="insufficient_balance"
+                ),
+                events.Room.user(skipped["user_id"]),
             )
             continue
         assert expires_at is not None
@@ -219,15 +226,17 @@ async def _announce_offer(
     type_: str,
     expires_at: datetime,
 ) -> None:
-    await services.emitter.emit(
-        OFFER_EVENT,
-        {
-            "entry_id": str(entry_id),
-            "astrologer_id": str(astrologer_id),
-            "type": type_,
-            "expires_at": lifecycle.iso(expires_at),
-        },
-        room=f"user:{user_id}",
+    await events.send(
+        services.emitter,
+        events.WaitlistOffer.model_validate(
+            {
+                "entry_id": str(entry_id),
+                "astrologer_id": str(astrologer_id),
+                "type": type_,
+                "expires_at": rfc3339(expires_at),
+            }
+        ),
+        events.Room.user(user_id),
     )
     try:
         await services.arq.enqueue_job(

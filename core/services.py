@@ -1,9 +1,11 @@
-"""The typed container of a process's open resources, built by the composition root."""
+"""The typed container of a process's open resources and external services, built once per
+process by the composition root (`astrolive.resources.open_services`). Every external service
+stands behind a Protocol, with a real implementation and a local one chosen by settings."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import asyncpg
@@ -11,6 +13,12 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from core.settings import Settings
+from core.storage import Storage
+
+if TYPE_CHECKING:
+    from billing.gateways import PaymentGateway
+    from notify.channels import Channel, ChannelKind
+    from notify.sms import SmsProvider
 
 
 class Emitter(Protocol):
@@ -18,6 +26,14 @@ class Emitter(Protocol):
     manager in workers. Rooms: `user:{id}` (every device of a person), `consultation:{id}`."""
 
     async def emit(self, event: str, data: Any, room: str) -> None: ...
+
+
+class Gateways(Protocol):
+    """The payment gateways this process may use, each built once."""
+
+    def get(self, name: str) -> PaymentGateway:
+        """The gateway called `name`; `gateway_disabled` when it is not configured here."""
+        ...
 
 
 class NullEmitter:
@@ -34,4 +50,8 @@ class Services:
     redis: Redis
     arq: ArqRedis
     http: aiohttp.ClientSession
+    storage: Storage  # S3 (S3_BUCKET) or a local folder served by /v1/files
+    sms: SmsProvider  # SMS_PROVIDER: console or sns
+    channels: dict[ChannelKind, Channel]  # notification delivery: push, email, sms
+    gateways: Gateways  # stripe, razorpay, test
     emitter: Emitter = field(default_factory=NullEmitter)

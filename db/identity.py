@@ -66,11 +66,6 @@ async def get_user(conn: Executor, user_id: uuid.UUID) -> User | None:
     return User.from_row(row) if row else None
 
 
-async def get_user_by_phone(conn: Executor, phone: str) -> User | None:
-    row = await conn.fetchrow(GET_USER_BY_PHONE, phone)
-    return User.from_row(row) if row else None
-
-
 async def upsert_user(conn: Executor, phone: str, role: Role = "user") -> tuple[User, bool]:
     """The user with this E.164 phone, created with `role` if new; and whether it was created."""
     row = await conn.fetchrow(UPSERT_USER, phone, role)

@@ -8,7 +8,6 @@ from typing import Any, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-# Batched ledger queries got a generic plan ~9x slower than a custom one (DESIGN.md pitfalls).
 # What query functions take: a connection (in or out of a transaction) or a pool.
 Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 Executor: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any] | asyncpg.Pool[Any]"
@@ -16,8 +15,19 @@ Executor: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any] | asyn
 SERVER_SETTINGS = {
     "application_name": "astrolive",
     "timezone": "UTC",
-    "plan_cache_mode": "force_custom_plan",
 }
+
+# Batched ledger and meter statements (arrays of ids) got a generic plan ~9x slower than a custom
+# one (DESIGN.md pitfalls). Everything else (discovery above all) gains from the plans asyncpg's
+# prepared statements cache, so the setting is scoped to those transactions, not set on every
+# pooled connection (issue 15): `custom_plans(conn)` first thing inside them. SET LOCAL ends with
+# the transaction; inside a savepoint it lasts until the outer transaction ends.
+CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
+
+
+async def custom_plans(conn: Conn) -> None:
+    """Plan this transaction's statements for their actual parameters (see CUSTOM_PLANS)."""
+    await conn.execute(CUSTOM_PLANS)
 
 
 async def _init_connection(conn: asyncpg.Connection[Any]) -> None:

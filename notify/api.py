@@ -29,7 +29,8 @@ DELIVER_JOB = "deliver_notification"
 FOLLOWERS_JOB = "notify_followers_online"
 # Events that never go through the inbox: the OTP SMS is sent by the sign-in flow itself (its
 # template is `notify.templates.otp_text`), and a code has no business in an inbox.
-NOT_INBOX_EVENTS = frozenset({"otp"})
+# email_verify (issue 16) is sent by e-mail only, to the address being verified.
+NOT_INBOX_EVENTS = frozenset({"otp", "email_verify"})
 
 
 async def notify(

@@ -44,12 +44,14 @@ RETURNING id
 """
 GET_ID_BY_KEY = "SELECT id FROM notifications WHERE user_id = $1 AND key = $2"
 # One delivery row per channel and target, made with the notification in one transaction: push to
-# every registered device, e-mail when the person gave an address.
+# every registered device, e-mail only to an address its owner verified (issue 16: an unverified
+# address may be a typo or someone else's).
 INSERT_DELIVERIES = """
 INSERT INTO notification_deliveries (notification_id, channel, target)
 SELECT $1::uuid, 'push', push_token FROM devices WHERE user_id = $2
 UNION ALL
-SELECT $1::uuid, 'email', email FROM users WHERE id = $2 AND email IS NOT NULL
+SELECT $1::uuid, 'email', email FROM users
+ WHERE id = $2 AND email IS NOT NULL AND email_verified_at IS NOT NULL
 ON CONFLICT (notification_id, channel, target) DO NOTHING
 """
 GET_NOTIFICATION = f"SELECT {COLUMNS} FROM notifications WHERE id = $1"

@@ -228,6 +228,173 @@ TEMPLATES: dict[str, Template] = {
                 "आप जिन्हें फ़ॉलो करते हैं, वे {astrologer_name} अभी ऑनलाइन हैं। परामर्श शुरू करें।",
             ),
         ),
+        # -- issue 16: questions and e-mail verification (helper E) ------------------------
+        # Never the question's or answer's text: inbox titles and bodies are stored in the clear.
+        _t(
+            "question_received",
+            ("user_name", "amount"),
+            (
+                "New question",
+                "{user_name} asked you a question ({amount}). Answer it before it expires.",
+            ),
+            (
+                "नया प्रश्न",
+                "{user_name} ने आपसे एक प्रश्न पूछा है ({amount})। समय रहते उत्तर दें।",
+            ),
+        ),
+        _t(
+            "question_answered",
+            ("astrologer_name",),
+            (
+                "Your question was answered",
+                "{astrologer_name} answered your question. Open the app to read it.",
+            ),
+            (
+                "आपके प्रश्न का उत्तर आ गया",
+                "{astrologer_name} ने आपके प्रश्न का उत्तर दिया है। पढ़ने के लिए ऐप खोलें।",
+            ),
+        ),
+        _t(
+            "question_expired",
+            ("astrologer_name", "amount"),
+            (
+                "Question not answered",
+                "{astrologer_name} did not answer in time. {amount} is available in your wallet "
+                "again.",
+            ),
+            (
+                "प्रश्न का उत्तर नहीं मिला",
+                "{astrologer_name} ने समय पर उत्तर नहीं दिया। {amount} फिर से आपके वॉलेट में उपलब्ध है।",
+            ),
+        ),
+        _t(
+            "question_cancelled",
+            ("user_name",),
+            (
+                "Question withdrawn",
+                "{user_name} withdrew their question.",
+            ),
+            (
+                "प्रश्न वापस लिया गया",
+                "{user_name} ने अपना प्रश्न वापस ले लिया।",
+            ),
+        ),
+        # Sent only by e-mail, to the address being verified (never through the inbox).
+        _t(
+            "email_verify",
+            ("link", "hours"),
+            (
+                "Confirm your e-mail address",
+                "Open this link within {hours} hours to confirm your e-mail address for "
+                "astrolive: {link}",
+            ),
+            (
+                "अपना ई-मेल पता पुष्टि करें",
+                "astrolive के लिए अपना ई-मेल पता पुष्टि करने हेतु {hours} घंटों के भीतर यह लिंक खोलें: {link}",
+            ),
+        ),
+        # -- issue 17: tips, bookings, support tickets (helper C) --------------------------
+        _t(
+            "tip_received",
+            ("user_name", "amount"),
+            (
+                "You received a tip",
+                "{user_name} sent you a tip. {amount} was added to your earnings.",
+            ),
+            ("आपको टिप मिली", "{user_name} ने आपको टिप भेजी। आपकी कमाई में {amount} जोड़े गए।"),
+        ),
+        _t(
+            "tip_sent",
+            ("astrologer_name", "amount"),
+            ("Tip sent", "You tipped {astrologer_name} {amount}. Thank you!"),
+            ("टिप भेजी गई", "आपने {astrologer_name} को {amount} की टिप दी। धन्यवाद!"),
+        ),
+        _t(
+            "booking_confirmed",
+            ("other_name", "type", "when"),
+            (
+                "Booking confirmed",
+                "Your {type} with {other_name} is booked for {when}.",
+            ),
+            (
+                "बुकिंग पक्की",
+                "{other_name} के साथ आपका {type} {when} के लिए बुक हो गया है।",
+            ),
+        ),
+        _t(
+            "booking_rescheduled",
+            ("other_name", "type", "when"),
+            (
+                "Booking moved",
+                "Your {type} with {other_name} now takes place at {when}.",
+            ),
+            (
+                "बुकिंग का समय बदला",
+                "{other_name} के साथ आपका {type} अब {when} पर होगा।",
+            ),
+        ),
+        _t(
+            "booking_cancelled",
+            ("other_name", "type", "when"),
+            (
+                "Booking cancelled",
+                "Your {type} with {other_name} at {when} was cancelled.",
+            ),
+            (
+                "बुकिंग रद्द",
+                "{other_name} के साथ {when} का आपका {type} रद्द कर दिया गया।",
+            ),
+        ),
+        _t(
+            "booking_expired",
+            ("other_name", "type", "when"),
+            (
+                "Booking not paid",
+                "Your {type} with {other_name} at {when} was not paid in time and the slot was "
+                "released. Any money that arrives stays in your wallet.",
+            ),
+            (
+                "बुकिंग का भुगतान नहीं हुआ",
+                "{other_name} के साथ {when} का आपका {type} समय पर भुगतान न होने से रद्द हो गया। "
+                "बाद में आया पैसा आपके वॉलेट में रहेगा।",
+            ),
+        ),
+        _t(
+            "booking_reminder",
+            ("other_name", "type", "when", "lead"),
+            (
+                "Your {type} starts in {lead}",
+                "Reminder: your {type} with {other_name} starts at {when}.",
+            ),
+            (
+                "आपका {type} {lead} में शुरू होगा",
+                "याद दिलाना: {other_name} के साथ आपका {type} {when} पर शुरू होगा।",
+            ),
+        ),
+        _t(
+            "ticket_updated",
+            ("ticket_status",),
+            (
+                "Your support ticket was updated",
+                "Your ticket is now {ticket_status}. Open it to see the details.",
+            ),
+            (
+                "आपका सहायता टिकट अपडेट हुआ",
+                "आपका टिकट अब {ticket_status} है। विवरण देखने के लिए इसे खोलें।",
+            ),
+        ),
+        _t(
+            "ticket_reply",
+            (),
+            (
+                "New reply to your ticket",
+                "Support replied to your ticket. Open it to read the answer.",
+            ),
+            (
+                "आपके टिकट पर नया जवाब",
+                "सहायता टीम ने आपके टिकट का जवाब दिया है। जवाब पढ़ने के लिए इसे खोलें।",
+            ),
+        ),
     )
 }
 

@@ -40,7 +40,9 @@ class EchoPeer:
         on_stats: Callable[[dict[str, Any]], Awaitable[None]],
         *,
         max_seconds: float = keys.ECHO_MAX_SECONDS,
+        on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        self._on_close = on_close  # gives back the echo slot (realtime/echo_slots.py)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._relay = MediaRelay()
         self._on_stats = on_stats
@@ -99,10 +101,14 @@ class EchoPeer:
         if self._closed:
             return
         self._closed = True
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        await self.pc.close()
+        try:
+            current = asyncio.current_task()
+            for task in self._tasks:
+                if task is not current:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            await self.pc.close()
+        finally:
+            if self._on_close is not None:
+                await self._on_close()

@@ -4,35 +4,31 @@ from __future__ import annotations
 
 import uuid
 
+from core.events import Room
+
 # Fan-out between web processes (and from workers): python-socketio's Redis pub/sub channel.
 SIO_CHANNEL = "astrolive-sio"
 
-# Rooms. A connection is in `user:{id}` (every device of a person) and `presence` from connect on;
-# `consultation:join` adds `consultation:{id}` (chat fan-out) and `consultation:{id}:user:{id}`
-# (WebRTC signalling goes only to the other participant's sockets in that consultation).
-PRESENCE_ROOM = "presence"
+# Rooms (named in core.events.Room). A connection is in `user:{id}` (every device of a person) from
+# connect on, an astrologer's also in `presence:{own id}`; `presence:watch` adds `presence:{id}`
+# per watched astrologer; `consultation:join` adds `consultation:{id}` (chat fan-out) and
+# `consultation:{id}:user:{id}` (WebRTC signalling goes only to the other participant's sockets).
 
 
-def user_room(user_id: uuid.UUID | str) -> str:
-    return f"user:{user_id}"
-
-
-def consultation_room(consultation_id: uuid.UUID | str) -> str:
-    return f"consultation:{consultation_id}"
-
-
-def participant_room(consultation_id: uuid.UUID | str, user_id: uuid.UUID | str) -> str:
-    return f"consultation:{consultation_id}:user:{user_id}"
+user_room = Room.user
+consultation_room = Room.consultation
+participant_room = Room.participant
 
 
 # A live socket of a user, refreshed by the connection's heartbeat loop. The disconnect handler is
 # not reliable under aiohttp (and never runs when a process dies), so liveness is a TTL, not an
-# event: three missed heartbeats (RealtimeSettings.heartbeat_seconds each) and the key is gone.
+# event: three missed heartbeats (REALTIME_HEARTBEAT_SECONDS each) and the key is gone.
 LIVE_SOCKET_MISSES = 3
 
 
 def live_socket_key(user_id: uuid.UUID | str, sid: str) -> str:
-    """`rt:live:{user}:{sid}` = the process host id; TTL heartbeat * LIVE_SOCKET_MISSES."""
+    """`rt:live:{user}:{sid}` = "1" (only its existence counts); TTL REALTIME_HEARTBEAT_SECONDS *
+    LIVE_SOCKET_MISSES."""
     return f"rt:live:{user_id}:{sid}"
 
 

@@ -16,19 +16,33 @@ consultation's messages in seq order (realtime/relay.py); no lock is held across
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
 
+import asyncpg
+import jwt
 import socketio
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from auth.authenticator import authenticate
-from billing import meter
-from consultations import chat, lifecycle, presence
+from auth import birth_profiles
+from auth import keys as auth_keys
+from auth.authenticator import authenticate, ensure_session_active, ensure_user_active
+from consultations import attachments, chat, lifecycle, presence
+from core import events, inputs, metrics
 from core.errors import (
     AppError,
     Conflict,
@@ -38,14 +52,24 @@ from core.errors import (
     ValidationFailed,
     fields_from_pydantic,
 )
+from core.events import Room
 from core.services import Services
+from core.times import rfc3339
 from core.tokens import Principal
-from realtime import keys
+from live import keys as live_keys
+from live import session as live_session
+from realtime import keys, transport
+from realtime.echo_slots import EchoSlots
 from realtime.relay import ChatRelay
+from realtime.watch import PresenceWatch, UnwatchIn, WatchIn
 
 log = logging.getLogger(__name__)
 
 MAX_JOINED_PER_CONNECTION = 20  # a person has one live consultation; 20 leaves room for history
+# How long a process trusts "this consultation is active" for rtc:* (issue 12): one Redis read
+# per consultation and process a second at most; signalling within this long after the end may
+# still be relayed (it is not billed for: the meter stopped at the end).
+ACTIVE_CACHE_SECONDS = 1.0
 
 
 # --- event payloads ---------------------------------------------------------------------------
@@ -63,14 +87,15 @@ class ConsultationEvent(Event):
 
 class SendIn(ConsultationEvent):
     client_msg_id: str = Field(min_length=1, max_length=keys.MAX_ID_CHARS)
-    text: str = Field(min_length=1, max_length=chat.MAX_TEXT_CHARS)
+    # Issue 17: with an attachment the text may be empty.
+    text: str = Field("", max_length=chat.MAX_TEXT_CHARS)
+    attachment_id: uuid.UUID | None = None
 
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value
+    @model_validator(mode="after")
+    def _not_blank(self) -> SendIn:
+        if self.attachment_id is None and not self.text.strip():
+            raise ValueError("text must not be blank")
+        return self
 
     @field_validator("text", "client_msg_id")
     @classmethod
@@ -119,6 +144,10 @@ class EmptyIn(Event):
     pass
 
 
+class RefreshIn(Event):
+    token: str = Field(min_length=1, max_length=8192)
+
+
 # --- per-connection state -----------------------------------------------------------------------
 
 
@@ -159,6 +188,10 @@ class ConnState:
     joined: dict[uuid.UUID, Joined] = field(default_factory=dict)
     order_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     relayed: set[uuid.UUID] = field(default_factory=set)  # counted in ChatRelay (see `join`)
+    # Consultations this socket counts as present in (live.session.participant_joined); each is
+    # matched by one participant_left when the socket leaves or goes (issue 12).
+    present: set[uuid.UUID] = field(default_factory=set)
+    token_expires: float | None = None  # epoch seconds: the access token's `exp`
     echo: Any = None  # realtime.echo.EchoPeer while a pre-call test runs
 
     @property
@@ -177,6 +210,33 @@ def _client_ip(environ: dict[str, Any], trusted: list[str]) -> str:
     if forwarded and remote in trusted:
         return forwarded.split(",")[-1].strip() or remote
     return remote
+
+
+async def _is_active(services: Services, consultation_id: uuid.UUID) -> bool:
+    """The session is running: Redis first (the live state exists only while it runs), then
+    PostgreSQL (after a Redis loss, until the meter sweep rebuilt it)."""
+    running = services.redis.hexists(live_keys.state(consultation_id), "user")
+    if await cast(Awaitable[bool], running):
+        return True
+    status = await services.db.fetchval(
+        "SELECT status FROM consultations WHERE id = $1", consultation_id
+    )
+    return bool(status == "active")
+
+
+def _epoch(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+def token_expiry(token: str) -> float | None:
+    """The `exp` of an access token that `authenticate` already verified (JWT, our own or
+    Cognito's); None when it has none."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    exp = claims.get("exp")
+    return float(exp) if isinstance(exp, int | float) else None
 
 
 async def _guarded(what: str, call: Awaitable[Any]) -> None:
@@ -201,8 +261,16 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
         self.relay = relay or ChatRelay(sio, services_of)
         self.local: dict[str, ConnState] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self._auth_check: asyncio.Task[None] | None = None
+        self._live_beat: asyncio.Task[None] | None = None
+        # consultation -> (known active until (loop time), the pending check): see _active_gate
+        self._active: dict[uuid.UUID, tuple[float, asyncio.Future[None] | None]] = {}
+        self._checks: set[asyncio.Task[None]] = set()
+        self._revocations: asyncio.Task[None] | None = None
         self._closing = False
-        self.events: dict[str, tuple[type[Event], Handler, bool]] = {
+        self.watch = PresenceWatch(self)  # presence:watch / presence:unwatch (issue 15)
+        self.echo_slots = EchoSlots()  # rtc:echo caps per user and per process (issue 14)
+        self.events: dict[str, tuple[type[BaseModel], Handler, bool]] = {
             # event: (payload model, use case, whether it keeps the connection's order)
             "consultation:join": (ConsultationEvent, self.join, False),
             "consultation:leave": (ConsultationEvent, self.leave, False),
@@ -217,6 +285,9 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
             "rtc:ice": (IceIn, self.rtc_relay("rtc:ice"), True),
             "rtc:echo": (EchoIn, self.echo_start, False),
             "rtc:echo:stop": (EmptyIn, self.echo_stop, False),
+            "auth:refresh": (RefreshIn, self.auth_refresh, False),
+            "presence:watch": (WatchIn, self.watch.watch, False),
+            "presence:unwatch": (UnwatchIn, self.watch.unwatch, False),
         }
 
     @property
@@ -243,16 +314,24 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
             principal=principal,
             ip=_client_ip(environ, settings.trusted_proxies),
             bucket=TokenBucket(settings.realtime_events_per_second, settings.realtime_event_burst),
+            token_expires=token_expiry(token),
         )
         await self.save_session(sid, {"state": state})
         self.local[sid] = state
         await self.enter_room(sid, keys.user_room(principal.user_id))
-        await self.enter_room(sid, keys.PRESENCE_ROOM)
+        if principal.role == "astrologer":  # presence goes to watchers only (realtime/watch.py)
+            await self.enter_room(sid, Room.presence(principal.user_id))
         await self._mark_live(state)
         if principal.role == "astrologer":
             await _guarded("presence.connected", presence.connected(services, principal.user_id))
         if self._heartbeat is None and not self._closing:
             self._heartbeat = asyncio.create_task(self._heartbeat_loop())
+        if self._live_beat is None and not self._closing:
+            self._live_beat = asyncio.create_task(self._live_beat_loop())
+        if self._auth_check is None and not self._closing:
+            self._auth_check = asyncio.create_task(self._auth_check_loop())
+        if self._revocations is None and not self._closing:
+            self._revocations = asyncio.create_task(self._revocation_listener())
         return True
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
@@ -273,8 +352,14 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
             await services.redis.delete(keys.live_socket_key(state.user_id, state.sid))
         except Exception:  # Redis down: the key expires by itself (LIVE_SOCKET_MISSES)
             log.warning("could not clear live socket key", exc_info=True)
-        # The meter needs no "left" call: a participant it stops seeing is `disconnected` after
-        # DISCONNECT_GRACE_SECONDS (billing.meter.check_disconnects).
+        # Presence is a fact (issue 12): this socket no longer holds the participant in their
+        # consultations; their last socket gone starts the disconnect grace.
+        for cid in list(state.present):
+            await _guarded(
+                "live.participant_left",
+                live_session.participant_left(services, cid, state.user_id, state.sid),
+            )
+        state.present.clear()
         if state.principal.role == "astrologer" and not await self._has_live_socket(state.user_id):
             await _guarded("presence.disconnected", presence.disconnected(services, state.user_id))
 
@@ -302,12 +387,7 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
 
     def _alive(self, sid: str) -> bool:
         """The engine.io socket still exists, is open, and answers pings."""
-        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
-        sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
-        if sock is None or sock.closed or sock.closing:
-            return False
-        last_ping = sock.last_ping  # set when a ping is sent, cleared by the pong
-        return not (last_ping and time.time() - last_ping > 2 * self.sio.eio.ping_timeout)
+        return transport.socket_alive(self.sio, sid)  # engine.io internals live there
 
     async def _heartbeat_loop(self) -> None:
         """One loop per process: refresh live keys, presence and the meter for every local
@@ -324,25 +404,145 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
         finally:
             self._heartbeat = None
 
+    async def _live_beat_loop(self) -> None:
+        """One loop per process, apart from the per-socket one: every heartbeat, this process and
+        the participants of live sessions with a socket here are alive (a few Redis calls for all
+        of them, and one PostgreSQL write every PRESENCE_WRITE_EVERY_BEATS). Apart, so that a
+        process with many sockets never looks dead to the meter because its per-socket round is
+        slow (issue 12)."""
+        beats = 0
+        try:
+            while self.local and not self._closing:
+                await asyncio.sleep(self.services.settings.realtime_heartbeat_seconds)
+                beats += 1
+                pairs = [(cid, st.user_id) for st in self.local.values() for cid in st.present]
+                await _guarded(
+                    "live.participants_beat",
+                    live_session.participants_beat(
+                        self.services,
+                        pairs,
+                        persist=beats % live_keys.PRESENCE_WRITE_EVERY_BEATS == 0,
+                    ),
+                )
+        finally:
+            self._live_beat = None
+
     async def _beat(self, state: ConnState) -> None:
         services = self.services
         await self._mark_live(state)
         if state.principal.role == "astrologer":
             await _guarded("presence.heartbeat", presence.heartbeat(services, state.user_id))
-        for consultation_id in list(state.joined):
-            await _guarded(
-                "meter.participant_seen",
-                meter.participant_seen(services, consultation_id, state.user_id),
-            )
 
     async def shutdown(self) -> None:
         """Stop the heartbeat loop (the app is shutting down)."""
         self._closing = True
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        running = (self._heartbeat, self._live_beat, self._auth_check, self._revocations)
+        tasks = [t for t in running if t]
+        for task in tasks:
+            task.cancel()
+        # Wait for them: the revocation listener closes its Redis subscription on the way out.
+        await asyncio.gather(*tasks, return_exceptions=True)
         for state in list(self.local.values()):
             if state.echo is not None:
                 await state.echo.close()
+
+    # socket authority (issue 12) -----------------------------------------------------------
+
+    async def _expire(self, state: ConnState, code: str) -> None:
+        """This socket's login no longer holds: say so (`auth:expired`), then disconnect it (its
+        presence in a live session ends as for any disconnect)."""
+        if self.local.get(state.sid) is not state:
+            return
+        log.info("socket authority ended", extra={"code": code})
+        with contextlib.suppress(Exception):
+            expired = events.AuthExpired(code=code)  # type: ignore[arg-type]  # codes of AppError
+            await self.emit(expired.name, expired.payload(), to=state.sid)
+        with contextlib.suppress(Exception):
+            await self.sio.disconnect(state.sid)
+        if self.local.pop(state.sid, None) is not None:
+            await self._gone(state)
+
+    async def _still_authorised(self, state: ConnState) -> str | None:
+        """None while the socket's login holds, else the reason code."""
+        if state.token_expires is not None and state.token_expires <= time.time():
+            return "token_expired"
+        principal = state.principal
+        try:
+            if principal.session_id is not None:
+                await ensure_session_active(self.services, principal.session_id, principal.user_id)
+            else:
+                await ensure_user_active(self.services, principal.user_id)
+        except AppError as err:
+            return err.code
+        return None
+
+    async def _auth_check_loop(self) -> None:
+        """One loop per process: every SOCKET_AUTH_CHECK_SECONDS each local socket's login is
+        checked again (expiry, logout, block); a socket that lost it is expired."""
+        try:
+            while self.local and not self._closing:
+                await asyncio.sleep(self.services.settings.socket_auth_check_seconds)
+                for state in list(self.local.values()):
+                    try:
+                        code = await self._still_authorised(state)
+                    except Exception:  # Redis and PostgreSQL both down: keep the socket
+                        log.warning("socket authority check failed", exc_info=True)
+                        continue
+                    if code is not None:
+                        await self._expire(state, code)
+        finally:
+            self._auth_check = None
+
+    async def _revocation_listener(self) -> None:
+        """Drop at once the local sockets of a login or user revoked on any process (logout,
+        block): auth/ publishes each revocation after its commit."""
+        while not self._closing:
+            try:
+                pubsub = self.services.redis.pubsub()
+                await pubsub.subscribe(auth_keys.AUTH_REVOKED_CHANNEL)
+                try:
+                    async for message in pubsub.listen():
+                        if message.get("type") != "message":
+                            continue
+                        await self._on_revoked(message.get("data"))
+                finally:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py 5
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("revocation listener failed; resubscribing", exc_info=True)
+                await asyncio.sleep(1)
+
+    async def _on_revoked(self, data: Any) -> None:
+        try:
+            body = json.loads(data)
+            sessions = {uuid.UUID(v) for v in body.get("sessions", [])}
+            user = uuid.UUID(body["user"]) if body.get("user") else None
+        except (ValueError, TypeError, KeyError):
+            log.warning("bad revocation message")
+            return
+        for state in list(self.local.values()):
+            p = state.principal
+            if (p.session_id is not None and p.session_id in sessions) or p.user_id == user:
+                await self._expire(state, "session_revoked" if user is None else "account_blocked")
+        if user is not None:
+            # A blocked astrologer goes offline at once (every process does it; it is idempotent)
+            # and is refused as a request target (consultations.lifecycle).
+            role = await self.services.db.fetchval("SELECT role FROM users WHERE id = $1", user)
+            if role == "astrologer":
+                await _guarded("presence.disconnected", presence.disconnected(self.services, user))
+
+    async def auth_refresh(self, state: ConnState, data: RefreshIn) -> dict[str, Any]:
+        """`auth:refresh {token}`: a fresh access token of the same person extends this socket
+        without reconnecting. Another person's token, or a bad one, is refused (401)."""
+        principal = await authenticate(self.services, data.token)
+        if principal.user_id != state.principal.user_id or principal.role != state.principal.role:
+            raise Unauthorized("this token belongs to someone else", code="unauthorized")
+        state.principal = principal
+        state.token_expires = token_expiry(data.token)
+        expires = state.token_expires
+        return {"expires_at": None if expires is None else rfc3339(_epoch(expires))}
 
     # dispatch ------------------------------------------------------------------------------
 
@@ -367,6 +567,11 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
             if wait:
                 raise RateLimited(int(wait) + 1, "too many events; slow down")
             model, handler, ordered = spec
+            # Issue 14: what no input may carry (NUL, lone surrogates, int64 overflow, NaN,
+            # deep nesting), as for REST bodies (core/inputs.py).
+            bad = inputs.problems(payload, "payload")
+            if bad:
+                raise ValidationFailed(bad)
             try:
                 data = model.model_validate({} if payload is None else payload)
             except ValidationError as exc:
@@ -379,10 +584,48 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
         except AppError as err:
             log.info("socket event refused", extra={"event": event, "code": err.code})
             return {"ok": False, "error": {"code": err.code, "message": err.message}}
+        except asyncpg.DataError:  # issue 14: a value the database refuses came from the input
+            log.exception("socket event input refused by the database", extra={"event": event})
+            return {"ok": False, "error": {"code": "validation_error", "message": "invalid input"}}
         except Exception:
             log.exception("socket event failed", extra={"event": event})
             return {"ok": False, "error": {"code": "internal", "message": "internal error"}}
         return {"ok": True, **result}
+
+    def _active_gate(self, consultation_id: uuid.UUID) -> asyncio.Future[None] | None:
+        """None when the consultation is known `active` (cached ACTIVE_CACHE_SECONDS), else a
+        future that resolves when it is known active or fails with `not_active` (API.md: rtc:*
+        only while active; chat is checked by its storing statement). Concurrent callers share
+        one future and are woken in the order they asked."""
+        loop = asyncio.get_running_loop()
+        cached = self._active.get(consultation_id)
+        if cached is not None:
+            until, pending = cached
+            if pending is None and until > loop.time():
+                return None
+            if pending is not None and not pending.done():
+                return pending
+        future: asyncio.Future[None] = loop.create_future()
+        self._active[consultation_id] = (0.0, future)
+
+        async def check() -> None:
+            try:
+                active = await _is_active(self.services, consultation_id)
+            except Exception as exc:
+                self._active.pop(consultation_id, None)
+                future.set_exception(exc)
+                return
+            if active:
+                self._active[consultation_id] = (loop.time() + ACTIVE_CACHE_SECONDS, None)
+                future.set_result(None)
+            else:
+                self._active.pop(consultation_id, None)
+                future.set_exception(lifecycle.NotActive("not active"))
+
+        task = asyncio.ensure_future(check())
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+        return future
 
     def _joined(self, state: ConnState, consultation_id: uuid.UUID) -> Joined:
         joined = state.joined.get(consultation_id)
@@ -418,13 +661,27 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
         relay.start(cid, last)  # live from last + 1; the client fetches up to `last` itself
         other = c.astrologer_id if state.user_id == c.user_id else c.user_id
         state.joined[cid] = Joined(other_id=other, type=c.type)
-        # The meter starts the session when both participants have joined an accepted one.
-        await _guarded(
-            "meter.participant_joined", meter.participant_joined(services, cid, state.user_id)
-        )
+        # The session starts when both participants have joined an accepted one; from now until
+        # this socket leaves (on any process) the participant is present (issue 12).
+        if cid not in state.present and c.status in ("accepted", "active"):
+            state.present.add(cid)  # before any suspension: joins may run concurrently
+            try:
+                outcome = await live_session.participant_joined(
+                    services, cid, state.user_id, state.sid
+                )
+            except Exception:
+                log.exception("live.participant_joined failed", extra={"id": str(cid)})
+                outcome = "ignored"
+            if outcome == "ignored":
+                state.present.discard(cid)
         if c.status == "accepted":
             c = await lifecycle.get(services.db, cid) or c  # it may have just become active
-        return {"consultation": lifecycle.to_public(c), "last_seq": last}
+        payload = lifecycle.to_public(c)
+        # Issue 16: its astrologer sees the frozen birth profiles (within PROFILE_VISIBLE_DAYS).
+        payload = await birth_profiles.with_profiles(
+            services.db, services.settings, cid, state.user_id, payload
+        )
+        return {"consultation": payload, "last_seq": last}
 
     async def leave(self, state: ConnState, data: ConsultationEvent) -> dict[str, Any]:
         cid = data.consultation_id
@@ -435,11 +692,14 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
             self.relay.release(cid)
         await self.leave_room(state.sid, keys.consultation_room(cid))
         await self.leave_room(state.sid, keys.participant_room(cid, state.user_id))
+        if cid in state.present:
+            state.present.discard(cid)
+            await live_session.participant_left(self.services, cid, state.user_id, state.sid)
         return {}
 
     async def end(self, state: ConnState, data: ConsultationEvent) -> dict[str, Any]:
         services = self.services
-        await meter.end_by_participant(services, data.consultation_id, state.user_id)
+        await live_session.end_by_participant(services, data.consultation_id, state.user_id)
         c = await lifecycle.get_for(services.db, data.consultation_id, state.user_id)
         return {"consultation": lifecycle.to_public(c)}
 
@@ -447,20 +707,40 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
 
     async def send(self, state: ConnState, data: SendIn) -> dict[str, Any]:
         """Stored (group commit) before the ack; delivered by the relay right after the commit,
-        to every socket of the consultation but this one."""
-        message, _ = await self.relay.chat_writer().send(
+        to every socket of the consultation but this one. Only while the consultation is active
+        (`not_active` otherwise): checked in the storing statement itself (consultations.chat)."""
+        if data.attachment_id is not None:  # issue 17: checked file, stored one at a time
+            message, created = await attachments.send(
+                self.services,
+                consultation_id=data.consultation_id,
+                sender_id=state.user_id,
+                client_msg_id=data.client_msg_id,
+                text=data.text,
+                attachment_id=data.attachment_id,
+            )
+            if created:
+                self.relay.stored([(message, state.sid)])
+            metrics.domain().chat_message(resend=not created)
+            sent_at = rfc3339(message.sent_at, milliseconds=True)
+            return {
+                "id": str(message.id),
+                "seq": message.seq,
+                "sent_at": sent_at,
+                "attachment": message.attachment,
+            }
+        message, created = await self.relay.chat_writer().send(
             data.consultation_id, state.user_id, data.client_msg_id, data.text, tag=state.sid
         )
-        return {"id": str(message.id), "seq": message.seq, "sent_at": chat.rfc3339(message.sent_at)}
+        metrics.domain().chat_message(resend=not created)
+        sent_at = rfc3339(message.sent_at, milliseconds=True)
+        return {"id": str(message.id), "seq": message.seq, "sent_at": sent_at}
 
     async def typing(self, state: ConnState, data: ConsultationEvent) -> dict[str, Any]:
         cid = data.consultation_id
         self._joined(state, cid)
+        typing = events.ChatTyping(consultation_id=str(cid), user_id=str(state.user_id))
         await self.emit(
-            "chat:typing",
-            {"consultation_id": str(cid), "user_id": str(state.user_id)},
-            room=keys.consultation_room(cid),
-            skip_sid=state.sid,
+            typing.name, typing.payload(), room=keys.consultation_room(cid), skip_sid=state.sid
         )
         return {}
 
@@ -468,11 +748,11 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
         cid = data.consultation_id
         self._joined(state, cid)
         up_to = await chat.mark_read(self.services.db, cid, state.user_id, data.up_to_seq)
+        read = events.ChatRead(
+            consultation_id=str(cid), user_id=str(state.user_id), up_to_seq=up_to
+        )
         await self.sio.deliver(
-            "chat:read",
-            {"consultation_id": str(cid), "user_id": str(state.user_id), "up_to_seq": up_to},
-            room=keys.consultation_room(cid),
-            skip_sid=state.sid,
+            read.name, read.payload(), room=keys.consultation_room(cid), skip_sid=state.sid
         )
         return {"up_to_seq": up_to}
 
@@ -482,6 +762,7 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
         if cid not in state.joined:
             await chat.room_for_participant(db, cid, state.user_id)
         messages = await chat.history(db, cid, data.after_seq, data.limit)
+        messages = await attachments.fill(self.services, messages)  # issue 17: signed URLs
         return {
             "messages": [m.to_public() for m in messages],
             "has_more": len(messages) == data.limit,
@@ -498,9 +779,14 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
             joined = self._joined(state, cid)
             if joined.type not in ("voice", "video"):
                 raise Conflict("this consultation is not a call", code="not_a_call")
+            gate = self._active_gate(cid)
+            if gate is not None:
+                await gate
             payload = data.model_dump(mode="json", exclude_none=False)
             payload["from"] = str(state.user_id)
-            await self.sio.deliver(event, payload, room=keys.participant_room(cid, joined.other_id))
+            out = events.BY_NAME[event].model_validate(payload)  # RtcOffer, RtcAnswer, RtcIce
+            room = keys.participant_room(cid, joined.other_id)
+            await self.sio.deliver(out.name, out.payload(), room=room)
             return {}
 
         return relay
@@ -516,9 +802,15 @@ class AstroliveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # sock
         sid = state.sid
 
         async def report(stats: dict[str, Any]) -> None:
-            await self.emit("rtc:echo:stats", stats, to=sid)
+            measured = events.RtcEchoStats.model_validate(stats)
+            await self.emit(measured.name, measured.payload(), to=sid)
 
-        peer = EchoPeer(on_stats=report)
+        slot = await self.echo_slots.acquire(self.services, state.user_id)
+        try:
+            peer = EchoPeer(on_stats=report, on_close=slot.release)
+        except BaseException:
+            await slot.release()
+            raise
         state.echo = peer
         answer = await peer.answer(data.sdp, data.type)
         return {"sdp": answer.sdp, "type": answer.type}

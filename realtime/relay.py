@@ -30,11 +30,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from engineio import packet as eio_packet
-from socketio import packet as sio_packet
-
-from consultations import chat
-from realtime import keys
+from consultations import attachments, chat
+from core import events, metrics
+from realtime import keys, transport
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +43,7 @@ class _Room:
 
     members: int = 0  # local connections joined to the consultation
     next: int | None = None  # the next seq to emit; None until the first join's `start`
-    held: dict[int, tuple[dict[str, Any], str | None]] = field(default_factory=dict)
+    held: dict[int, tuple[events.ChatMessage, str | None]] = field(default_factory=dict)
     timer: asyncio.TimerHandle | None = None
     filling: bool = False
 
@@ -104,6 +102,11 @@ class ChatRelay:
             if room.timer is not None:
                 room.timer.cancel()
 
+    @property
+    def unpublished(self) -> int:
+        """Messages stored here and not yet published to the other processes."""
+        return len(self._outbox)
+
     # joined consultations ------------------------------------------------------------------------
 
     def prepare(self, consultation_id: uuid.UUID) -> None:
@@ -139,21 +142,21 @@ class ChatRelay:
     def stored(self, messages: list[tuple[chat.ChatMessage, Any]]) -> None:
         """`ChatWriter.on_stored`: emit here now, publish to the other processes in the
         background. `tag` is the sending socket's sid (not sent its own message back)."""
-        entries = [[m.to_public(), tag] for m, tag in messages]
-        for public, skip in entries:
-            self.accept(public, skip)
-        self._outbox.extend(entries)
+        typed = [(events.ChatMessage(**m.to_public()), tag) for m, tag in messages]
+        for message, skip in typed:
+            self.accept(message, skip)
+        self._outbox.extend([message.payload(), skip] for message, skip in typed)
         if self._publisher is None and not self._closing:
             self._publisher = asyncio.create_task(self._publish())
 
-    def accept(self, message: dict[str, Any], skip_sid: str | None) -> None:
+    def accept(self, message: events.ChatMessage, skip_sid: str | None) -> None:
         """One stored message (the `chat:message` payload): emit it if it is the next one of its
         consultation, hold it if earlier ones are missing, drop it if already emitted."""
-        consultation_id = uuid.UUID(message["consultation_id"])
+        consultation_id = uuid.UUID(message.consultation_id)
         room = self.rooms.get(consultation_id)
         if room is None:
             return  # nobody here has joined this consultation
-        seq = int(message["seq"])
+        seq = message.seq
         if room.next is not None and seq < room.next:
             return
         if room.next == seq:
@@ -214,12 +217,15 @@ class ChatRelay:
             messages = await chat.history(
                 self.services_of().db, consultation_id, room.next - 1, upto - room.next
             )
+            # Issue 17: attachments with their signed URLs, as the sender's process emitted them.
+            messages = await attachments.fill(self.services_of(), messages)
             if self.writer is not None:
                 await self.writer.settled()
             self.fills += 1
+            metrics.domain().chat_gap_fills.inc()
             for message in messages:
                 if message.seq < upto:
-                    self.accept(message.to_public(), None)
+                    self.accept(events.ChatMessage(**message.to_public()), None)
         except Exception:
             log.warning("chat gap fill failed", exc_info=True)
         finally:
@@ -228,28 +234,18 @@ class ChatRelay:
                 self._drain(consultation_id, room)
 
     def _emit(
-        self, consultation_id: uuid.UUID, message: dict[str, Any], skip_sid: str | None
+        self, consultation_id: uuid.UUID, message: events.ChatMessage, skip_sid: str | None
     ) -> None:
         """`chat:message` to this process's sockets in the consultation room, encoded once and
         queued on each socket directly: no task per recipient, nothing that suspends, so emits
         happen in the order they are called."""
-        sio = self.sio
-        participants = list(
-            sio.manager.get_participants("/", keys.consultation_room(consultation_id))
+        transport.emit_local(
+            self.sio,
+            events.Room.consultation(consultation_id),
+            message.name,
+            message.payload(),
+            skip_sid,
         )
-        if not participants:
-            return
-        encoded = sio.packet_class(
-            sio_packet.EVENT, namespace="/", data=["chat:message", message]
-        ).encode()
-        pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-        sockets = sio.eio.sockets
-        for sid, eio_sid in participants:
-            if sid == skip_sid:
-                continue
-            sock = sockets.get(eio_sid)
-            if sock is not None and not sock.closed:
-                sock.queue.put_nowait(pkt)
 
     # Redis ---------------------------------------------------------------------------------------
 
@@ -293,6 +289,6 @@ class ChatRelay:
             if published.get("host") == self.host_id:
                 return  # our own batch, already emitted by `stored`
             for message, skip_sid in published["messages"]:
-                self.accept(message, skip_sid)
+                self.accept(events.ChatMessage.model_validate(message), skip_sid)
         except Exception:
             log.exception("bad chat publish")

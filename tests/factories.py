@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -80,3 +81,21 @@ async def token_for(db: asyncpg.Pool[Any], settings: Settings, user: identity.Us
 async def auth(db: asyncpg.Pool[Any], settings: Settings, user: identity.User) -> dict[str, str]:
     """`Authorization` headers for `user`."""
     return {"Authorization": f"Bearer {await token_for(db, settings, user)}"}
+
+
+async def make_bookable_astrologer(db: asyncpg.Pool[Any], **fields: Any) -> identity.User:
+    """An approved astrologer (₹10/15/20 a minute) bookable all day, every day, in UTC."""
+    from consultations import booking
+
+    astrologer = await make_astrologer(db, **fields)
+    async with db.acquire() as conn:
+        await booking.set_availability(
+            conn, astrologer.id, "UTC", [booking.Window(d, 0, 1440) for d in range(7)]
+        )
+    return astrologer
+
+
+def slot_in(hours: float) -> datetime:
+    """The start of the 30-minute slot about `hours` from now (UTC)."""
+    at = datetime.now(UTC) + timedelta(hours=hours)
+    return at.replace(minute=0 if at.minute < 30 else 30, second=0, microsecond=0)

@@ -22,6 +22,7 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     assert settings.redis_url
     env = {
         **os.environ,
+        "ASTROLIVE_ENV": settings.astrolive_env.value,
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "JWT_SECRET": settings.jwt_signing_secret(),
@@ -30,6 +31,7 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
         "DISCONNECT_GRACE_SECONDS": str(settings.disconnect_grace_seconds),
         "REQUEST_TIMEOUT_SECONDS": str(settings.request_timeout_seconds),
         "DATA_DIR": str(settings.data_dir),
+        "RATE_LIMIT_EXEMPT_IPS": ",".join(settings.rate_limit_exempt_ips),
         "LOG_FORMAT": "text",
     }
     env.update(extra)

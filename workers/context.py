@@ -12,7 +12,6 @@ from core.services import Services
 from core.settings import Settings
 
 if TYPE_CHECKING:
-    from notify.channels import Channel, ChannelKind
     from workers.metrics import WorkerMetrics
 
 
@@ -26,7 +25,6 @@ class JobContext(TypedDict, total=False):
     services: Services  # opened in on_startup
     metrics: WorkerMetrics  # made in on_startup; every job is counted and timed in it
     metrics_server: web.AppRunner  # serves `metrics` on WORKER_METRICS_PORT; closed on shutdown
-    notify_channels: dict[ChannelKind, Channel]  # built on first use by workers.notifications
 
 
 def services_of(ctx: JobContext) -> Services:

@@ -94,7 +94,7 @@ def instrument(
 
 
 async def start_server(metrics: WorkerMetrics, host: str, port: int) -> web.AppRunner:
-    """Serve `/metrics` on host:port (port 0: a free one; see `bound_port`)."""
+    """Serve `/metrics` on host:port (port 0: a free one)."""
 
     async def handle(request: web.Request) -> web.Response:
         response = web.Response(body=metrics.render())
@@ -109,8 +109,3 @@ async def start_server(metrics: WorkerMetrics, host: str, port: int) -> web.AppR
     await site.start()
     log.info("worker metrics", extra={"addresses": [str(a) for a in runner.addresses]})
     return runner
-
-
-def bound_port(runner: web.AppRunner) -> int:
-    address = runner.addresses[0]
-    return int(address[1])

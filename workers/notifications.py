@@ -25,7 +25,6 @@ from notify.channels import (
     Message,
     PermanentSendError,
     TransientSendError,
-    build_channels,
 )
 from notify.inbox import Notification
 from workers.context import JobContext, services_of
@@ -54,17 +53,8 @@ class DeliveryGaveUp(Exception):
 
 
 def channels_of(ctx: JobContext) -> dict[ChannelKind, Channel]:
-    """The process's channels, built once per worker from its settings."""
-    channels = ctx.get("notify_channels")
-    if channels is None:
-        services = services_of(ctx)
-        from workers.sms import sms_provider
-
-        channels = build_channels(
-            services.settings, services.http, sms=sms_provider(services.settings)
-        )
-        ctx["notify_channels"] = channels
-    return channels
+    """The process's channels, built once by the composition root from its settings."""
+    return services_of(ctx).channels
 
 
 @dataclass

@@ -67,4 +67,24 @@ async def execute_payout(ctx: JobContext, payout_id: str) -> str:
     return payout.status if payout else "missing"
 
 
+async def sweep_payments(ctx: JobContext) -> dict[str, int]:
+    """The cron that finishes what got stuck (issue 13): pending recharges asked of their
+    gateway and settled or failed, card refunds stuck `requested`/`submitted` resubmitted or
+    checked, approved payouts resubmitted, captured payments we did not credit refunded to the
+    card. Idempotent and safe with several workers (each row is
+    claimed with SKIP LOCKED; every effect is keyed by its cause)."""
+    services = services_of(ctx)
+    recharged = await recharges.sweep_pending_recharges(services)
+    refunded = await refunds.sweep_stuck_card_refunds(services)
+    paid = await payouts.sweep_approved_payouts(services)
+    anomalies = await recharges.refund_anomalies(services)
+    out = {f"recharges_{k}": v for k, v in recharged.__dict__.items()}
+    out |= {f"extra_payments_{k}": v for k, v in anomalies.items()}
+    out |= {f"refunds_{k}": v for k, v in refunded.items()}
+    out |= {f"payouts_{k}": v for k, v in paid.items()}
+    if any(out.values()):
+        log.info("payment sweep", extra=out)
+    return out
+
+
 JOBS = (settle_payment, complete_test_recharge, process_refund, execute_payout)

@@ -40,14 +40,27 @@ class GatewayOrder:
 
 
 @dataclass(frozen=True)
+class CapturedPayment:
+    """Another payment the gateway captured on the same order (a second checkout, a retry)."""
+
+    payment_id: str
+    amount: int
+    currency: str
+
+
+@dataclass(frozen=True)
 class PaymentState:
-    """What the gateway says about a recharge's payment. `amount` None: the gateway did not say."""
+    """What the gateway says about a recharge's payment. `succeeded` only for money actually
+    captured (Razorpay `captured`, Stripe `succeeded` with `amount_received`); `amount` and
+    `currency` are what was captured (None: the gateway did not say -- the local test gateway).
+    `extra`: every other payment captured on the same order, which must not be credited again."""
 
     status: Outcome
     payment_id: str | None
     amount: int | None
     currency: str | None
     failure_reason: str | None = None
+    extra: tuple[CapturedPayment, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from razorpay.errors import BadRequestError, ServerError, SignatureVerificationE
 from razorpay.errors import GatewayError as RzpGatewayError
 
 from billing.gateways.base import (
+    CapturedPayment,
     GatewayError,
     GatewayOrder,
     GatewayUnavailable,
@@ -32,11 +33,28 @@ from billing.gateways.base import (
 T = TypeVar("T")
 HTTP_TIMEOUT_SECONDS = 15  # a call slower than this is "unavailable"; the job retries
 
-_PAYMENT_OUTCOMES: dict[str, Outcome] = {
-    "captured": "succeeded",
-    "refunded": "succeeded",  # it was captured; refunds are ours to account for
-    "failed": "failed",
-}
+
+def _captured(payment: dict[str, Any]) -> bool:
+    """Was this payment's money captured? `captured`, or `refunded` after a capture (our own card
+    refunds). A payment only authorised and then auto-refunded by Razorpay is `refunded` with
+    `captured: false`: the money never arrived, it must never be credited."""
+    status = payment.get("status")
+    if status == "captured":
+        return payment.get("captured", True) is not False
+    return status == "refunded" and payment.get("captured") is True
+
+
+def _outcome(payment: dict[str, Any]) -> tuple[Outcome, str | None]:
+    if _captured(payment):
+        return "succeeded", None
+    status = payment.get("status")
+    if status == "failed":
+        return "failed", str(payment.get("error_description") or "failed")
+    if status == "refunded":  # authorised, never captured, given back by Razorpay
+        return "failed", "refunded before capture"
+    return "pending", None
+
+
 _REFUND_OUTCOMES: dict[str, Outcome] = {"processed": "succeeded", "failed": "failed"}
 
 
@@ -76,29 +94,34 @@ class RazorpayGateway:
         return GatewayOrder(order_id=str(order["id"]))
 
     async def payment_state(self, *, order_id: str, payment_id: str | None) -> PaymentState:
-        if payment_id is None:
-            found = await self._call(
-                lambda c: c.order.payments(order_id, timeout=HTTP_TIMEOUT_SECONDS)
-            )
-            items = found.get("items", [])
-            captured = [p for p in items if p.get("status") in ("captured", "refunded")]
-            if not captured:
-                return PaymentState("pending", None, None, None)
-            payment = captured[0]
-        else:
+        """The order's payments as Razorpay has them: the captured one (the given payment when
+        it was captured), every other captured one as `extra`; else how the given one stands."""
+        found = await self._call(lambda c: c.order.payments(order_id, timeout=HTTP_TIMEOUT_SECONDS))
+        items: list[dict[str, Any]] = list(found.get("items", []))
+        if payment_id is not None and all(p.get("id") != payment_id for p in items):
             payment = await self._call(
                 lambda c: c.payment.fetch(payment_id, timeout=HTTP_TIMEOUT_SECONDS)
             )
-        if payment.get("order_id") != order_id:
-            raise GatewayError("the payment belongs to another order")
-        outcome = _PAYMENT_OUTCOMES.get(str(payment.get("status")), "pending")
-        reason = payment.get("error_description") if outcome == "failed" else None
+            if payment.get("order_id") != order_id:
+                raise GatewayError("the payment belongs to another order")
+            items.append(payment)
+        items.sort(key=lambda p: (int(p.get("created_at") or 0), str(p.get("id"))))
+        captured = [p for p in items if _captured(p)]
+        captured.sort(key=lambda p: p.get("id") != payment_id)  # the given one first, if captured
+        if not captured:
+            given = next((p for p in items if p.get("id") == payment_id), None)
+            if given is None:
+                return PaymentState("pending", None, None, None)
+            outcome, reason = _outcome(given)
+            return PaymentState(outcome, str(given["id"]), None, None, reason)
+        first, *others = captured
         return PaymentState(
-            outcome,
-            str(payment["id"]),
-            int(payment["amount"]),
-            str(payment.get("currency", "")).upper() or None,
-            reason,
+            "succeeded",
+            str(first["id"]),
+            int(first["amount"]),
+            _currency(first),
+            None,
+            tuple(CapturedPayment(str(p["id"]), int(p["amount"]), _currency(p)) for p in others),
         )
 
     async def create_refund(
@@ -119,6 +142,10 @@ class RazorpayGateway:
     async def refund_state(self, *, payment_id: str, refund_id: str) -> RefundState:
         refund = await self._call(lambda c: c.refund.fetch(refund_id, timeout=HTTP_TIMEOUT_SECONDS))
         return _refund_state(refund)
+
+
+def _currency(payment: dict[str, Any]) -> str:
+    return str(payment.get("currency") or "").upper()
 
 
 def _refund_state(refund: dict[str, Any]) -> RefundState:

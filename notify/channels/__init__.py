@@ -1,5 +1,5 @@
 """Delivery channels behind one interface (`Channel`): push (FCM HTTP v1), e-mail (SES), SMS
-(SNS through `workers.sms`), and `log` for development. Settings choose the provider of each."""
+(SNS through `notify.sms`), and `log` for development. Settings choose the provider of each."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """E-mail through Amazon SES (v2 API) with boto3, and how AWS errors are classified.
 
-SMS goes through `workers.sms` (the sign-in flow's SNS provider), adapted in `notify.channels.sms`.
+SMS goes through `notify.sms` (the sign-in flow's SNS provider), adapted in `notify.channels.sms`.
 
 boto3 is synchronous: each call runs in a thread. boto3's standard `AWS_ENDPOINT_URL`,
 `AWS_ENDPOINT_URL_SES` and `AWS_ENDPOINT_URL_SNS` point the calls elsewhere (tests: moto on

@@ -1,4 +1,4 @@
-"""SMS as a notification channel, over the sign-in flow's SMS provider (`workers.sms`: console in
+"""SMS as a notification channel, over the sign-in flow's SMS provider (`notify.sms`: console in
 development, Amazon SNS in production), so there is one SMS configuration and one sender.
 
 Only the `otp` event uses SMS, and the sign-in flow sends it itself; this adapter exists so that
@@ -16,7 +16,7 @@ from notify.channels.base import ChannelKind, Message, SendResult, TransientSend
 
 
 class TextSender(Protocol):
-    """The part of `workers.sms.SmsProvider` a channel needs."""
+    """The part of `notify.sms.SmsProvider` a channel needs."""
 
     name: str
 

@@ -39,7 +39,8 @@ async def test_new_astrologer_is_pending_and_unlisted_until_approved(
     profile = await resp.json()
     assert profile["verification"] == "pending"
     assert profile["skills"] == ["vedic", "kundli"]
-    assert profile["rates"] == {"chat": 1500, "voice": 2000, "video": None}
+    # `question` (issue 16): null when written questions are not offered.
+    assert profile["rates"] == {"chat": 1500, "voice": 2000, "video": None, "question": None}
     astrologer_id = profile["id"]
     assert astrologer_id == tokens["user"]["id"]
 

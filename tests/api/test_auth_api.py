@@ -57,7 +57,7 @@ async def test_any_notation_signs_in_to_one_e164_account(client: Client, notatio
 async def test_real_code_goes_by_sms_job_and_signs_in(
     client: Client, services: Services, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="workers.sms")
+    caplog.set_level(logging.INFO, logger="notify.sms")
     phone = next_phone()
     resp = await client.post("/v1/auth/otp", json={"phone": phone})
     assert resp.status == 202
@@ -81,7 +81,7 @@ async def test_real_code_goes_by_sms_job_and_signs_in(
 async def test_code_is_never_stored_in_clear(
     client: Client, services: Services, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="workers.sms")
+    caplog.set_level(logging.INFO, logger="notify.sms")
     phone = next_phone()
     await client.post("/v1/auth/otp", json={"phone": phone})
     redis = Redis.from_url(redis_url)

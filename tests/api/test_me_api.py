@@ -26,7 +26,7 @@ async def test_get_me_shape(client: Client, db: Any, settings: Any) -> None:
     body = await resp.json()
     assert set(body) == {
         "id", "phone", "role", "name", "gender", "birth_date", "birth_time", "birth_place",
-        "languages", "avatar_url", "created_at",
+        "languages", "avatar_url", "created_at", "email", "email_verified", "locale",
     }  # fmt: skip
     assert body["id"] == str(user.id)
     assert body["name"] == "Asha"

@@ -54,7 +54,7 @@ async def request_code(
     **body: Any,
 ) -> str:
     """Ask for a code over HTTP, let the worker send it, and read it from the SMS log."""
-    caplog.set_level(logging.INFO, logger="workers.sms")
+    caplog.set_level(logging.INFO, logger="notify.sms")
     resp = await client.post("/v1/auth/otp", json={"phone": phone, **body})
     assert resp.status == 202, await resp.text()
     await run_jobs(services)

@@ -12,10 +12,11 @@ import pytest
 from auth import crypto
 from auth.otp import SEND_OTP_JOB, request_otp
 from core.services import Services
+from notify import sms
 from tests.auth.support import run_jobs, sms_codes
 from tests.factories import next_phone
-from workers import sms
 from workers.context import JobContext
+from workers.sms import send_otp_sms
 
 
 async def _moto_sms(moto_url: str) -> list[dict[str, Any]]:
@@ -29,14 +30,14 @@ async def _moto_sms(moto_url: str) -> list[dict[str, Any]]:
 
 
 def test_job_name_matches_the_enqueued_name() -> None:
-    assert sms.send_otp_sms.__name__ == SEND_OTP_JOB
+    assert send_otp_sms.__name__ == SEND_OTP_JOB
 
 
 @pytest.mark.parametrize("kind", ["console", "sns"])
 async def test_providers_share_one_contract(
     kind: str, moto_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="workers.sms")
+    caplog.set_level(logging.INFO, logger="notify.sms")
     provider: sms.SmsProvider = (
         sms.ConsoleSms() if kind == "console" else sms.SnsSms("ap-south-1", endpoint_url=moto_url)
     )
@@ -78,7 +79,7 @@ async def test_otp_job_sends_through_sns_configured_by_environment(
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", moto_url)
     sms._sns_client.cache_clear()
-    services.settings = services.settings.model_copy(update={"sms_provider": "sns"})
+    services.sms = sms.sms_provider(services.settings.model_copy(update={"sms_provider": "sns"}))
     phone = next_phone()
     try:
         await request_otp(services, phone, "user", "198.51.100.7")
@@ -97,13 +98,13 @@ async def _ctx(services: Services) -> JobContext:
 async def test_otp_job_skips_expired_and_replaced_codes(
     services: Services, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="workers.sms")
+    caplog.set_level(logging.INFO, logger="notify.sms")
     phone = next_phone()
     sealed = crypto.seal(services.settings, "135790")
     ctx = await _ctx(services)
-    assert await sms.send_otp_sms(ctx, phone, sealed, "nonce", time.time() - 1) == "expired"
+    assert await send_otp_sms(ctx, phone, sealed, "nonce", time.time() - 1) == "expired"
     # A nonce that is not the phone's current code (replaced, used or burnt): nothing sent.
-    assert await sms.send_otp_sms(ctx, phone, sealed, "nonce", time.time() + 60) == "superseded"
+    assert await send_otp_sms(ctx, phone, sealed, "nonce", time.time() + 60) == "superseded"
     assert sms_codes(caplog, phone) == []
 
 
@@ -113,7 +114,7 @@ async def test_otp_job_refuses_a_tampered_payload(services: Services, redis_url:
     nonce = await services.redis.hget(f"auth:otp:code:{phone}", "id")  # type: ignore[misc]  # redis-py types hget as Awaitable | value
     ctx = await _ctx(services)
     tampered = crypto.seal(services.settings, "111111")[:-4] + "AAAA"
-    assert await sms.send_otp_sms(ctx, phone, tampered, nonce, time.time() + 60) == "unreadable"
+    assert await send_otp_sms(ctx, phone, tampered, nonce, time.time() + 60) == "unreadable"
 
 
 def test_sealed_codes_round_trip_only_under_the_same_secret(settings: Any) -> None:

@@ -14,7 +14,7 @@ from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from api.storage import LocalStorage, S3Storage, Storage, check_key, make_storage
+from core.storage import LocalStorage, S3Storage, Storage, check_key, make_storage
 from tests.aws_server import FAKE_CREDENTIALS
 
 BUCKET = "astrolive-test-files"

@@ -37,6 +37,15 @@ from tests.realtime.support import make_consultation
 from tests.servers import ServerProcess, process_env
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "node"
+# The server of the real-time benchmarks: no meter loop, quiet logs, no per-socket rate limit
+# (the load is the point), a pool big enough for the group commit and the joins.
+BENCH_SERVER_ENV = {
+    "METER_LOOP": "false",
+    "LOG_LEVEL": "WARNING",
+    "REALTIME_EVENTS_PER_SECOND": "100000",
+    "REALTIME_EVENT_BURST": "100000",
+    "DB_POOL_MAX": "20",
+}
 
 
 def server_dsn() -> str:
@@ -132,14 +141,7 @@ async def run(pairs: int, seconds: float, idle_sockets: int) -> None:
         await db.close()
 
         # astrolive
-        env = process_env(
-            settings,
-            METER_LOOP="false",
-            LOG_LEVEL="WARNING",
-            REALTIME_EVENTS_PER_SECOND="100000",
-            REALTIME_EVENT_BURST="100000",
-            DB_POOL_MAX="20",
-        )
+        env = process_env(settings, **BENCH_SERVER_ENV)
         server = ServerProcess(env)
         await server.start()
         procs.append(server)

@@ -261,6 +261,7 @@ async def main() -> None:
             await mark_online(redis_url, dsn, online)
             env = {
                 **os.environ,
+                "ASTROLIVE_ENV": "development",  # production is the default (issue 14)
                 "DATABASE_URL": dsn,
                 "REDIS_URL": redis_url,
                 "PORT": str(web_port),

@@ -15,7 +15,7 @@ charges/s and the lag between each minute's due time and its charge (p50, p99, m
 the ledger: every minute due before the end charged exactly once, none twice, none missing.
 Target (issue 7): 20,000 sessions with every minute charged within 2 s of its due time.
 
-Sessions are started in bulk SQL (the same rows `billing.meter.start_session` writes) so that
+Sessions are started in bulk SQL (the same rows `live.session.start_session` writes) so that
 the setup does not dominate the run; heartbeats are not simulated (the grace is set far longer
 than the run), since the charge path is what is measured.
 """
@@ -42,14 +42,16 @@ import asyncpg  # after the path setup above, so the script runs from anywhere
 from redis.asyncio import Redis  # same reason
 
 from astrolive.resources import close_services, open_services  # same reason
-from billing import meter  # same reason
-from billing import meter_keys as keys  # same reason
 from billing.ledger import Leg, account_id, post_transfer  # same reason
 from core.services import NullEmitter  # same reason
-from core.settings import Settings  # same reason
+from core.settings import Env, Settings  # same reason
 from db import embedded  # same reason
 from db.migrate import migrate  # same reason
 from db.pool import connect  # same reason
+from live import (
+    keys,  # same reason
+    meter,  # same reason
+)
 
 RATE = 100  # paise a minute
 SHARE = 60
@@ -58,11 +60,13 @@ SHARE = 60
 def settings_for(args: argparse.Namespace, dsn: str, redis_url: str) -> Settings:
     return Settings(
         _env_file=None,  # type: ignore[call-arg]  # pydantic-settings' init-only option
+        astrolive_env=Env.DEVELOPMENT,  # production is the default (issue 14)
         database_url=dsn,
         redis_url=redis_url,
         jwt_secret="bench-" + "x" * 32,
         billing_minute_seconds=args.minute,
         disconnect_grace_seconds=10 * 3600.0,
+        realtime_heartbeat_seconds=3600.0,  # heartbeats are not simulated (see above)
         meter_batch_size=args.batch_size,
         meter_concurrency=args.concurrency,
         meter_sweep_seconds=3600.0,
@@ -73,6 +77,43 @@ def settings_for(args: argparse.Namespace, dsn: str, redis_url: str) -> Settings
     )
 
 
+async def people(
+    conn: asyncpg.Connection[Any], n: int, funds: int
+) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """N users with `funds` in their wallets and N approved astrologers (bulk SQL), in id order;
+    also used by tests/bench/live_sessions.py."""
+    for prefix, role in (("+9197", "user"), ("+9196", "astrologer")):
+        await conn.execute(
+            "INSERT INTO users (phone, role) SELECT $2 || lpad(g::text, 8, '0'), $3"
+            "  FROM generate_series(1, $1) g",
+            n, prefix, role,
+        )  # fmt: skip
+    ids = "SELECT id FROM users WHERE role = $1 ORDER BY id"
+    users = [r["id"] for r in await conn.fetch(ids, "user")]
+    astros = [r["id"] for r in await conn.fetch(ids, "astrologer")]
+    await conn.execute(
+        "INSERT INTO astrologer_profiles (user_id, display_name, rate_chat, verification)"
+        " SELECT id, 'Bench', $1, 'approved' FROM users WHERE role = 'astrologer'",
+        RATE,
+    )
+    await conn.execute(
+        "INSERT INTO accounts (kind, owner_id, currency)"
+        " SELECT 'user_wallet', id, 'INR' FROM users WHERE role = 'user'"
+    )
+    wallets = {
+        r["owner_id"]: r["id"]
+        for r in await conn.fetch("SELECT owner_id, id FROM accounts WHERE kind = 'user_wallet'")
+    }
+    promotions = await account_id(conn, "promotions", None)
+    await post_transfer(
+        conn,
+        key=f"bench:fund:{uuid.uuid4()}",
+        kind="bonus",
+        legs=[Leg(promotions, -funds * n)] + [Leg(wallets[u], funds) for u in users],
+    )
+    return users, astros
+
+
 async def setup(dsn: str, redis_url: str, n: int, minute: float, duration: float) -> float:
     """Users, astrologers, funded wallets, accepted consultations; then every session started
     (meters rows, consultations active, Redis timers). Returns the first start time."""
@@ -81,47 +122,7 @@ async def setup(dsn: str, redis_url: str, n: int, minute: float, duration: float
         await migrate(conn)
         minutes = int(duration / minute) + 5
         t = time.time()
-        await conn.execute(
-            "INSERT INTO users (phone, role) SELECT '+9197' || lpad(g::text, 8, '0'), 'user'"
-            "  FROM generate_series(1, $1) g",
-            n,
-        )
-        await conn.execute(
-            "INSERT INTO users (phone, role) SELECT '+9196' || lpad(g::text, 8, '0'), 'astrologer'"
-            "  FROM generate_series(1, $1) g",
-            n,
-        )
-        users = [
-            r["id"]
-            for r in await conn.fetch("SELECT id FROM users WHERE role = 'user' ORDER BY id")
-        ]
-        astros = [
-            r["id"]
-            for r in await conn.fetch("SELECT id FROM users WHERE role = 'astrologer' ORDER BY id")
-        ]
-        await conn.execute(
-            "INSERT INTO astrologer_profiles (user_id, display_name, rate_chat, verification)"
-            " SELECT id, 'Bench', $1, 'approved' FROM users WHERE role = 'astrologer'",
-            RATE,
-        )
-        await conn.execute(
-            "INSERT INTO accounts (kind, owner_id, currency)"
-            " SELECT 'user_wallet', id, 'INR' FROM users WHERE role = 'user'"
-        )
-        wallets = {
-            r["owner_id"]: r["id"]
-            for r in await conn.fetch(
-                "SELECT owner_id, id FROM accounts WHERE kind = 'user_wallet'"
-            )
-        }
-        promotions = await account_id(conn, "promotions", None)
-        amount = RATE * minutes
-        await post_transfer(
-            conn,
-            key=f"bench:fund:{uuid.uuid4()}",
-            kind="bonus",
-            legs=[Leg(promotions, -amount * n)] + [Leg(wallets[u], amount) for u in users],
-        )
+        users, astros = await people(conn, n, RATE * minutes)
         cids = [uuid.uuid4() for _ in range(n)]
         # Room for the rest of the setup and for the meter processes to start: 1 s per 2,000
         # sessions plus 3 s, so no minute is already late when the loops begin.
@@ -152,6 +153,19 @@ async def setup(dsn: str, redis_url: str, n: int, minute: float, duration: float
             chunk = list(items.items())
             for i in range(0, len(chunk), 5000):
                 await redis.zadd(keys.DUE, dict(chunk[i : i + 5000]))
+            # The live state start_session writes (live/clock.py START_LUA): both present.
+            for i in range(0, n, 5000):
+                async with redis.pipeline(transaction=False) as pipe:
+                    for c, u, a, s in zip(
+                        cids[i : i + 5000], users[i : i + 5000], astros[i : i + 5000],
+                        starts[i : i + 5000], strict=True,
+                    ):  # fmt: skip
+                        pipe.hset(
+                            keys.state(c),
+                            mapping={"user": str(u), "astrologer": str(a), f"seen:{u}": s,
+                                     f"seen:{a}": s},
+                        )  # fmt: skip
+                    await pipe.execute()
             await redis.set(keys.ALIVE, "bench")
         finally:
             await redis.aclose()

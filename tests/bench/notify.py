@@ -27,7 +27,7 @@ import asyncpg  # after the path setup above, so the script runs from anywhere
 
 import notify  # same reason
 from astrolive.resources import close_services, open_services  # same reason
-from core.settings import Settings  # same reason
+from core.settings import Env, Settings  # same reason
 from db import embedded  # same reason
 from db.migrate import migrate  # same reason
 from db.pool import connect  # same reason
@@ -64,6 +64,7 @@ async def main(args: argparse.Namespace) -> int:
             await conn.close()
             settings = Settings(
                 _env_file=None,  # type: ignore[call-arg]  # pydantic-settings' init-only option
+                astrolive_env=Env.DEVELOPMENT,  # production is the default (issue 14)
                 database_url=dsn,
                 redis_url=f"redis://127.0.0.1:{port}/0",
                 data_dir=Path(workdir),

@@ -57,6 +57,10 @@ async def test_place_hold_reserves_available_funds(db: Pool) -> None:
     async with db.acquire() as conn:
         results = await post_charges(conn, [s.charge(m, 200, 120) for m in range(1, 4)])
     assert [r.status for r in results] == ["posted", "posted", "insufficient"]
+    # What the meter's minutes-left and low-balance warning read: the spendable balance.
+    assert [(r.balance_after, r.available_after) for r in results] == [
+        (800, 200), (600, 0), (600, 0),
+    ]  # fmt: skip
     assert await balance_of(db, s.wallet) == (600, 600)
     await assert_ledger_ok(db)
 

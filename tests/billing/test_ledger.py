@@ -295,6 +295,30 @@ async def test_free_minutes_are_funded_by_promotions(db: Pool) -> None:
     await assert_ledger_ok(db)
 
 
+async def test_a_minute_paid_partly_by_the_wallet_and_partly_by_promotions(db: Pool) -> None:
+    """List 100, the user pays 50 (a 50 % promo), promotions fund 50, the astrologer earns 60 of
+    the list rate and the platform 40: one transfer with four legs (billing/rules.py)."""
+    s = await make_session(db, funded=120)
+    async with db.acquire() as conn:
+        results = await post_charges(
+            conn, [s.charge(1, amount=50, share=60, free=50), s.charge(2, 50, 60, 50),
+                   s.charge(3, 50, 60, 50)],
+        )  # fmt: skip
+        assert [r.status for r in results] == ["posted", "posted", "insufficient"]
+        assert [r.available_after for r in results] == [70, 20, 20]
+        assert await wallet_balance(conn, s.user) == (20, 0)
+        await rollup_system_balances(conn)
+        balances = {b.kind: b.balance for b in await system_balances(conn)}
+    assert balances["promotions"] == -100
+    assert balances["platform_revenue"] == 80
+    assert await balance_of(db, await _earnings(db, s.astrologer)) == (120, 0)
+    kinds = await db.fetch(
+        "SELECT DISTINCT kind FROM transfers WHERE consultation_id = $1", s.consultation
+    )
+    assert [k["kind"] for k in kinds] == ["consultation_charge"]
+    await assert_ledger_ok(db)
+
+
 async def test_charge_with_full_share_or_zero_price(db: Pool) -> None:
     s = await make_session(db, funded=300)
     async with db.acquire() as conn:
@@ -311,8 +335,9 @@ async def test_charge_with_full_share_or_zero_price(db: Pool) -> None:
     [
         {"amount": -1, "share": 0},
         {"amount": 100, "share": 101},
-        {"amount": 100, "share": 10, "free": 100},
+        {"amount": 10, "share": 10, "free": -5},
         {"amount": 0, "share": -1, "free": 10},
+        {"amount": 50, "share": 101, "free": 50},
     ],
 )
 async def test_invalid_charges_are_refused_before_anything_moves(
@@ -427,9 +452,10 @@ async def test_database_refuses_a_negative_wallet(db: Pool) -> None:
         await db.execute("UPDATE accounts SET balance = -1 WHERE id = $1", s.wallet)
     with pytest.raises(asyncpg.CheckViolationError, match="wallet_not_negative"):
         await db.execute("UPDATE accounts SET held = 101 WHERE id = $1", s.wallet)
-    # Earnings are not wallets: a refund may take an astrologer's earnings below zero.
+    # Earnings never go below zero either (migration 0013, issue 13): the database refuses it.
     earnings = await _earnings(db, s.astrologer)
-    await db.execute("UPDATE accounts SET balance = -1 WHERE id = $1", earnings)
+    with pytest.raises(asyncpg.CheckViolationError, match="earnings_not_negative"):
+        await db.execute("UPDATE accounts SET balance = -1 WHERE id = $1", earnings)
 
 
 async def test_charge_dataclass_is_the_meters_interface() -> None:

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from billing import keys
+from billing import keys, rules
 from billing.holds import place_hold
 from billing.ledger import account_id, post_charges
 from billing.reconcile import CHECKS, Finding, ReconcileMetrics, reconcile, reconcile_check
@@ -41,15 +41,41 @@ async def _report(db: Pool) -> Any:
 
 
 async def _busy_ledger(db: Pool) -> Any:
+    """A live consultation charged by the money rules: list 100, a 50 % promo (rate 50), share
+    60 %, one free minute and a flat credit of 30; four minutes charged, its meter agreeing, and a
+    booking hold on the wallet."""
     s = await make_session(db, funded=1000)
+    row = await db.fetchrow(
+        "UPDATE consultations SET status = 'active', list_rate = 100, rate = 50,"
+        " share_percent = 60, free_minutes = 1, promo_credit = 30 WHERE id = $1"
+        " RETURNING rate, list_rate, share_percent, free_minutes, promo_credit, currency,"
+        " max_minutes",
+        s.consultation,
+    )
+    assert row is not None
+    terms = rules.Terms.from_record(row)
+    prices = [rules.minute_price(terms, m) for m in range(1, 5)]
     async with db.acquire() as conn:
-        await post_charges(conn, [s.charge(m) for m in range(1, 4)])
-        await post_charges(conn, [s.charge(9, 0, 60, 100)])
+        await post_charges(
+            conn, [s.charge(p.minute, p.user, p.astrologer, p.promotions) for p in prices]
+        )
+        await conn.execute(
+            "INSERT INTO meters (consultation_id, started_at, minute_seconds, charged_minutes,"
+            " charged_amount, free_amount)"
+            " VALUES ($1, now() - interval '4 minutes', 60, 4, $2, $3)",
+            s.consultation,
+            sum(p.user for p in prices),
+            sum(p.promotions for p in prices),
+        )
         await place_hold(
             conn, key="h", user_id=s.user, amount=200, currency="INR", reason="booking",
             expires_at=datetime.now(UTC) + timedelta(hours=1),
         )  # fmt: skip
     return s
+
+
+def _of(report: Any, check: str) -> list[Finding]:
+    return [f for f in report.findings if f.check == check]
 
 
 async def test_a_healthy_ledger_has_no_breaks(db: Pool) -> None:
@@ -58,7 +84,9 @@ async def test_a_healthy_ledger_has_no_breaks(db: Pool) -> None:
     assert report.ok, report.findings
     assert set(report.counts()) >= {
         "transfers_balanced", "ledger_zero_sum", "owned_balances", "balance_after",
-        "system_balances", "no_negative_wallet", "held_matches_holds",
+        "system_balances", "no_negative_wallet", "held_matches_holds", "earnings_not_negative",
+        "consultation_totals", "charge_terms", "question_charges", "payment_anomalies",
+        "card_refunds_stuck", "payouts_stuck", "recharges_stuck", "recharges_credited",
     }  # fmt: skip
     assert set(report.counts().values()) == {0}
 
@@ -84,6 +112,185 @@ async def test_held_that_no_open_hold_explains_is_a_break(
     [finding] = report.findings
     assert finding.subject == str(s.wallet)
     assert finding.details == {"held": 201, "open_holds": 200}
+
+
+# --- Money breaks (issue 13): each check sees the break planted for it ---------------------------
+
+
+async def test_meter_and_consultation_totals_that_disagree_with_the_ledger(
+    db: Pool, raw: asyncpg.Connection[Any]
+) -> None:
+    s = await _busy_ledger(db)
+    await raw.execute(
+        "UPDATE meters SET charged_amount = charged_amount + 50 WHERE consultation_id = $1",
+        s.consultation,
+    )
+    [finding] = _of(await _report(db), "consultation_totals")
+    assert finding.subject == str(s.consultation)
+    assert (finding.details["meter_charged"], finding.details["ledger_paid"]) == (170, 120)
+    await raw.execute(
+        "UPDATE meters SET charged_amount = charged_amount - 50 WHERE consultation_id = $1",
+        s.consultation,
+    )
+    assert (await _report(db)).ok
+    # Completed, with its totals rewritten: billed 4 minutes, said to have charged 999.
+    await raw.execute(
+        "UPDATE consultations SET status = 'completed', end_reason = 'user_ended',"
+        " billed_minutes = 4, total_charged = 999 WHERE id = $1",
+        s.consultation,
+    )
+    [finding] = _of(await _report(db), "consultation_totals")
+    assert (finding.details["total_charged"], finding.details["ledger_paid"]) == (999, 120)
+
+
+async def test_a_charge_paying_the_astrologer_everything_is_a_break(db: Pool) -> None:
+    s = await _busy_ledger(db)
+    async with db.acquire() as conn:  # minute 5 should be user 50, promo 50, share 60
+        await post_charges(conn, [s.charge(5, 50, 100, 50)])
+        await conn.execute(
+            "UPDATE meters SET charged_minutes = 5, charged_amount = charged_amount + 50,"
+            " free_amount = free_amount + 50 WHERE consultation_id = $1",
+            s.consultation,
+        )
+    report = await _report(db)
+    [finding] = _of(report, "charge_terms")
+    assert finding.details["minute"] == 5
+    assert finding.details["paid"]["astrologer"] == 100
+    assert finding.details["expected"] == {
+        "user": 50, "promotions": 50, "astrologer": 60, "platform": 40, "others": 0,
+    }  # fmt: skip
+    assert report.counts()["consultation_totals"] == 0  # the totals agree: only the price is off
+
+
+async def test_negative_earnings_and_wallets_are_breaks(
+    db: Pool, raw: asyncpg.Connection[Any]
+) -> None:
+    """The database refuses negative earnings since 0013; a row from before it (the constraint
+    is NOT VALID for old rows) is what this check catches. Planted in a rolled-back transaction
+    with the constraint dropped."""
+    s = await _busy_ledger(db)
+    async with db.acquire() as conn:
+        earnings = await account_id(conn, "astrologer_earnings", s.astrologer)
+    tx = raw.transaction()
+    await tx.start()
+    try:
+        await raw.execute("ALTER TABLE accounts DROP CONSTRAINT earnings_not_negative")
+        await raw.execute("UPDATE accounts SET balance = -60 WHERE id = $1", earnings)
+        findings = await CHECKS["earnings_not_negative"](raw)
+    finally:
+        await tx.rollback()
+    assert [(f.subject, f.details["balance"]) for f in findings] == [(str(earnings), -60)]
+    assert (await _report(db)).ok
+    # The same for a wallet (its CHECK is as old as the ledger, so the plant needs it dropped too).
+    tx = raw.transaction()
+    await tx.start()
+    try:
+        await raw.execute("ALTER TABLE accounts DROP CONSTRAINT wallet_not_negative")
+        await raw.execute("UPDATE accounts SET balance = 100 WHERE id = $1", s.wallet)  # held 200
+        findings = await CHECKS["no_negative_wallet"](raw)
+    finally:
+        await tx.rollback()
+    assert [(f.subject, f.details["balance"]) for f in findings] == [(str(s.wallet), 100)]
+
+
+async def test_a_flagged_gateway_payment_is_a_break(db: Pool) -> None:
+    from billing.gateways.base import CapturedPayment, PaymentState
+    from billing.recharges import apply_payment_state_txn
+
+    s = await _busy_ledger(db)
+    recharge_id = await db.fetchval(
+        "INSERT INTO recharges (user_id, gateway, amount, tax, total, gateway_order_id)"
+        " VALUES ($1, 'razorpay', 1000, 180, 1180, 'order_x') RETURNING id",
+        s.user,
+    )
+    extra = CapturedPayment("pay_2", 1180, "INR")
+    async with db.acquire() as conn, conn.transaction():
+        await apply_payment_state_txn(
+            conn, recharge_id, PaymentState("succeeded", "pay_1", 1180, "INR", extra=(extra,))
+        )
+    [finding] = _of(await _report(db), "payment_anomalies")
+    assert (finding.details["payment_id"], finding.details["kind"]) == ("pay_2", "extra_payment")
+    await db.execute("UPDATE payment_anomalies SET status = 'resolved', resolved_at = now()")
+    assert (await _report(db)).ok
+
+
+async def test_stuck_refunds_payouts_and_recharges_are_breaks(
+    db: Pool, raw: asyncpg.Connection[Any]
+) -> None:
+    from billing.gateways.base import PaymentState
+    from billing.payouts import approve_payout, request_payout
+    from billing.recharges import apply_payment_state_txn
+    from billing.refunds import request_card_refund
+
+    s = await _busy_ledger(db)
+    paid, pending = [
+        await db.fetchval(
+            "INSERT INTO recharges (user_id, gateway, amount, tax, total, gateway_order_id)"
+            " VALUES ($1, 'razorpay', 1000, 180, 1180, $2) RETURNING id",
+            s.user,
+            order,
+        )
+        for order in ("order_paid", "order_pending")
+    ]
+    async with db.acquire() as conn:
+        async with conn.transaction():
+            await apply_payment_state_txn(
+                conn, paid, PaymentState("succeeded", "pay_ok", 1180, "INR")
+            )
+        refund = await request_card_refund(
+            conn, recharge_id=paid, amount=500, reason="r", actor_id=None
+        )
+        payout = await request_payout(
+            conn, astrologer_id=s.astrologer, amount=200, currency="INR", min_payout=100
+        )
+        await approve_payout(conn, payout_id=payout.id, admin_id=s.user)
+    await db.execute(
+        "INSERT INTO payment_events (gateway, event_id, type, recharge_id, payload)"
+        " VALUES ('razorpay', 'evt_p', 'payment.failed', $1, '{}')",
+        pending,
+    )
+    assert (await _report(db)).ok  # fresh: the sweep has time to finish them
+    await raw.execute("UPDATE card_refunds SET updated_at = now() - interval '2 hours'")
+    await raw.execute("UPDATE payouts SET approved_at = now() - interval '2 hours'")
+    await raw.execute(
+        "UPDATE recharges SET created_at = now() - interval '2 hours' WHERE id = $1", pending
+    )
+    report = await _report(db)
+    assert [f.subject for f in _of(report, "card_refunds_stuck")] == [str(refund.id)]
+    assert [f.subject for f in _of(report, "payouts_stuck")] == [str(payout.id)]
+    assert [f.subject for f in _of(report, "recharges_stuck")] == [str(pending)]
+
+
+async def test_a_question_charge_split_against_the_rules_is_a_break(db: Pool) -> None:
+    from billing.holds import capture_hold
+    from billing.ledger import Leg
+
+    s = await _busy_ledger(db)
+    async with db.acquire() as conn:
+        hold = await place_hold(
+            conn, key="q", user_id=s.user, amount=500, currency="INR", reason="question",
+            expires_at=datetime.now(UTC) + timedelta(hours=1),
+        )  # fmt: skip
+        wallet = await account_id(conn, "user_wallet", s.user)
+        earnings = await account_id(conn, "astrologer_earnings", s.astrologer)
+        transfer = await capture_hold(
+            conn, hold.id, key="question:charge:x", kind="question_charge",
+            legs=[Leg(wallet, -500), Leg(earnings, 500)],  # the astrologer took all of it
+        )  # fmt: skip
+    question = await db.fetchval(
+        "INSERT INTO questions (user_id, astrologer_id, status, text_enc, answer_enc, price,"
+        " share_percent, hold_id, charge_transfer_id, idempotency_key, request_hash,"
+        " answer_due_at, answered_at, closed_at)"
+        " VALUES ($1, $2, 'answered', '\\x00', '\\x00', 500, 60, $3, $4, 'k', 'h',"
+        " now() + interval '1 day', now(), now()) RETURNING id",
+        s.user,
+        s.astrologer,
+        hold.id,
+        transfer.id,
+    )
+    [finding] = _of(await _report(db), "question_charges")
+    assert finding.subject == str(question)
+    assert finding.details == {"expected": (500, 300, 200), "paid": (500, 500, 0)}
 
 
 async def test_an_unbalanced_transfer_is_a_break(db: Pool, raw: asyncpg.Connection[Any]) -> None:
@@ -132,12 +339,23 @@ async def test_jobs_roll_up_expire_and_reconcile(db: Pool, services: Services) -
             conn, key="old", user_id=s.user, amount=100, currency="INR", reason="booking",
             expires_at=datetime.now(UTC) - timedelta(minutes=1),
         )  # fmt: skip
-    ctx: JobContext = {"services": services}
+    from workers.metrics import WorkerMetrics
+
+    ctx: JobContext = {"services": services, "metrics": WorkerMetrics()}
     assert await rollup_system_balances_job(ctx) == 3  # clearing, platform revenue, promotions
     assert await rollup_system_balances_job(ctx) == 0
     assert await expire_holds_job(ctx) == 1
     counts = await reconcile_ledger_job(ctx)
     assert set(counts.values()) == {0}
+    # Every check is a series of the worker's /metrics, a break counted under its check's name.
+    await db.execute("UPDATE meters SET charged_amount = charged_amount + 1")
+    assert (await reconcile_ledger_job(ctx))["consultation_totals"] == 1
+    text = generate_latest(ctx["metrics"].registry).decode()
+    assert 'ledger_reconcile_last_breaks{check="consultation_totals"} 1.0' in text
+    assert 'ledger_reconcile_last_breaks{check="payouts_stuck"} 0.0' in text
+    assert 'ledger_reconcile_breaks_total{check="consultation_totals"} 1.0' in text
+    await db.execute("UPDATE meters SET charged_amount = charged_amount - 1")
+    counts = await reconcile_ledger_job(ctx)
     summary = json.loads(await services.redis.get(keys.RECONCILE_LAST))
     assert summary["ok"] is True
     assert 0 < await services.redis.ttl(keys.RECONCILE_LAST) <= keys.RECONCILE_LAST_TTL_SECONDS

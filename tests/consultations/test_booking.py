@@ -194,10 +194,12 @@ async def test_booking_becomes_a_request_at_its_time(
         await presence.set_status(svc, a.id, "online")
         accepted = await lifecycle.accept(svc, consultation_id=c.id, astrologer_id=a.id)
         assert accepted.status == "accepted"
-        # The session starts: the hold is released in the same transaction (the meter charges).
-        async with svc.db.acquire() as conn:
+        # The session starts: the hold is released in the same transaction (the meter charges);
+        # live.session.start_session runs these two in one transaction (issue 12).
+        async with svc.db.acquire() as conn, conn.transaction():
             active = await lifecycle.mark_active(conn, c.id, datetime.now(UTC))
-        assert active is not None
+            assert active is not None
+            await booking.release_hold_txn(conn, active, "session started")
         assert active.status == "active"
         assert await wallet_balance(svc.db, u.id) == (100_000, 0)  # type: ignore[arg-type]  # a pool runs the query
 

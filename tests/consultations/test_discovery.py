@@ -119,7 +119,8 @@ async def test_sorts_and_filters_across_pages(client: TestClient[Any, Any], db: 
         "offline",
     )
     item = next(i for i in page["items"] if i["display_name"] == "Tara Iyer")
-    assert item["rates"] == {"chat": 1000, "voice": None, "video": 2500}
+    # `question` (issue 16): the price of a written question; null when not offered.
+    assert item["rates"] == {"chat": 1000, "voice": None, "video": 2500, "question": None}
     assert item["rating"] == {"average": 4.0, "count": 10}
     # Bad inputs.
     for bad in (

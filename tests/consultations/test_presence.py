@@ -21,8 +21,8 @@ async def test_connect_heartbeat_and_missed_heartbeats_go_offline(
         a = await make_astrologer(svc.db)
         assert await presence.connected(svc, a.id) == "online"
         assert em.named("presence") == [
-            ({"astrologer_id": str(a.id), "status": "online"}, "presence")
-        ]
+            ({"astrologer_id": str(a.id), "status": "online"}, f"presence:{a.id}")
+        ]  # to the astrologer's watchers only (realtime/watch.py)
         for _ in range(3):  # heartbeats keep it online past the TTL
             await asyncio.sleep(0.2)
             assert await presence.heartbeat(svc, a.id) == "online"
@@ -34,7 +34,7 @@ async def test_connect_heartbeat_and_missed_heartbeats_go_offline(
         assert await presence.sweep(svc) == 1
         assert em.named("presence")[-1] == (
             {"astrologer_id": str(a.id), "status": "offline"},
-            "presence",
+            f"presence:{a.id}",
         )
         assert await presence.sweep(svc) == 0  # published once; nothing left to watch
 

@@ -96,19 +96,27 @@ async def test_promo_kinds_and_limits(database_url: str, redis_url: str, tmp_pat
         await fund(svc.db, u.id, 500)
         c = await _request(svc, u, a, "FLAT20")  # 3000 + the 2000 credit covers 5 x 1000
         assert (c.rate, c.promo_credit) == (1000, 2000)
+        # One open request per user at a time (issue 12): c "took place" and is closed (its promo
+        # use is kept, unlike a cancel's) so that u may request again.
+        await svc.db.execute(
+            "UPDATE consultations SET status = 'cancelled', ended_at = now(), started_at = now()"
+            " WHERE id = $1",
+            c.id,
+        )
         c2 = await _request(svc, u, a, "FREE3")
         assert c2.free_minutes == 3
+        # c2 "took place" (and is closed, so that u may request again).
+        await svc.db.execute(
+            "UPDATE consultations SET status = 'cancelled', ended_at = now(), started_at = now()"
+            " WHERE id = $1",
+            c2.id,
+        )
         assert await _code_of(_request(svc, u, a, "FLAT20")) == "per_user_limit"
         assert await _code_of(_request(svc, u, a, "NOPE")) == "unknown"
         assert await _code_of(_request(svc, u, a, "LATER")) == "not_yet_valid"
         # First-consultation-only: fine before any session, refused after one took place.
         other = await make_user(svc.db)
         await fund(svc.db, other.id, 10_000)
-        await svc.db.execute(
-            "UPDATE consultations SET status = 'cancelled', ended_at = now(), started_at = now()"
-            " WHERE id = $1",
-            c2.id,
-        )
         assert await _code_of(_request(svc, u, a, "NEWBIE")) == "first_consultation_only"
         assert await _code_of(_request(svc, other, a, "NEWBIE")) == "ok"
 
@@ -216,10 +224,10 @@ async def test_reviews(client: TestClient[Any, Any], db: Any, settings: Any) -> 
         (4, "kind", "Ravi")
     ]
     # Complaints: only about a session that took place, once.
-    resp = await client.post(
+    first = await client.post(
         f"/v1/consultations/{done.id}/complaint", json={"reason": "left early"}, headers=uh
     )
-    assert resp.status == 201
+    assert first.status == 201
     resp = await client.post(
         f"/v1/consultations/{done.id}/complaint", json={"reason": "again"}, headers=uh
     )
@@ -228,10 +236,10 @@ async def test_reviews(client: TestClient[Any, Any], db: Any, settings: Any) -> 
         f"/v1/consultations/{pending.id}/complaint", json={"reason": "?"}, headers=uh
     )
     assert resp.status == 409
-    assert (
-        await db.fetchval("SELECT reason FROM complaints WHERE consultation_id = $1", done.id)
-        == "left early"
-    )
+    # The complaint is a refund ticket (issue 17), its text stored encrypted.
+    ticket = await client.get(f"/v1/support/tickets/{(await first.json())['id']}", headers=uh)
+    assert (await ticket.json())["text"] == "left early"
+    assert (await ticket.json())["category"] == "refund"
 
 
 async def test_concurrent_reviews_all_count(

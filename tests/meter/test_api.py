@@ -24,6 +24,7 @@ async def test_end_over_rest_and_the_breakdown(
     client: TestClient[Any, Any], services: Services, db: asyncpg.Pool[Any], settings: Settings
 ) -> None:
     s = await accepted_consultation(db, rate=100, wallet=1_000)
+    services.settings.billing_minute_seconds = 30.0  # one minute, even on a slow machine
     user_h = await _headers(db, settings, s.user_id)
     astro_h = await _headers(db, settings, s.astrologer_id)
     stranger = await make_user(db)
@@ -31,9 +32,12 @@ async def test_end_over_rest_and_the_breakdown(
     admin = await make_user(db, role="admin")
     admin_h = await auth(db, settings, admin)
 
+    # A requested consultation cannot be ended (it can be cancelled): 409 not_active.
+    await db.execute("UPDATE consultations SET status = 'requested' WHERE id = $1", s.id)
     resp = await client.post(f"/v1/consultations/{s.id}/end", headers=user_h)
     assert resp.status == 409
     assert (await resp.json())["error"]["code"] == "not_active"
+    await db.execute("UPDATE consultations SET status = 'accepted' WHERE id = $1", s.id)
 
     await start(services, s)
     resp = await client.post(f"/v1/consultations/{s.id}/end", headers=stranger_h)
@@ -82,6 +86,7 @@ async def test_get_consultation_carries_the_breakdown(
     client: TestClient[Any, Any], services: Services, db: asyncpg.Pool[Any], settings: Settings
 ) -> None:
     s = await accepted_consultation(db, rate=100, wallet=1_000)
+    services.settings.billing_minute_seconds = 30.0  # one minute, even on a slow machine
     user_h = await _headers(db, settings, s.user_id)
     await start(services, s)
     await client.post(f"/v1/consultations/{s.id}/end", headers=user_h)

@@ -4,6 +4,7 @@ second process running, loses no minute and doubles none."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -23,9 +24,11 @@ from tests.meter.support import (
     assert_each_minute_once,
     consultation,
     heartbeats,
+    meter_row,
     start,
     wait_for,
 )
+from tests.realtime.support import Peer
 from tests.servers import ServerProcess
 
 MINUTE = 0.5
@@ -119,3 +122,58 @@ async def test_kill_9_of_the_charging_process_loses_and_doubles_no_minute(
         killed_at,
     )
     assert max(r["lag"] for r in lags) < 1.0 + 1.0, lags
+
+
+async def test_kill_9_of_the_process_holding_a_participants_socket(
+    server_env: dict[str, str],
+    tmp_path: Path,
+    services: Services,
+    db: asyncpg.Pool[Any],
+    settings: Settings,
+) -> None:
+    """The user's socket is on the process that is killed: nobody sees that socket leave, so the
+    survivor's meter learns it from the missing heartbeats and stops the session at the user's
+    last presence + grace; no minute starting at or after that stop is billed (issue 12)."""
+    env = {**server_env, "REALTIME_HEARTBEAT_SECONDS": "0.5", "DISCONNECT_GRACE_SECONDS": "1"}
+    victim, survivor = (ServerProcess(env, log=tmp_path / f"kill{i}.log") for i in range(2))
+    await victim.start()
+    await survivor.start()
+    s = await accepted_consultation(db, rate=100, wallet=100_000)
+    user, astro = await get_user(db, s.user_id), await get_user(db, s.astrologer_id)
+    assert user is not None
+    assert astro is not None
+    u, a = Peer(), Peer()
+    try:
+        await u.connect(victim.url, await token_for(db, settings, user))
+        await a.connect(survivor.url, await token_for(db, settings, astro))
+        join = {"consultation_id": str(s.id)}
+        assert (await u.call("consultation:join", join))["ok"]
+        assert (await a.call("consultation:join", join))["ok"]
+        await a.wait_for("session:tick", lambda es: len(es) >= 4, wait=20)
+        victim.kill()
+        assert victim.proc is not None
+        await victim.proc.wait()
+        await wait_for(lambda: _completed(db, s.id), within=30)
+    finally:
+        await a.close()
+        with contextlib.suppress(Exception):
+            await u.sio.disconnect()
+        await survivor.stop()
+    row = await meter_row(db, s.id)
+    assert (row["stop_reason"], row["stop_party"]) == ("disconnected", "user")
+    present = await db.fetchval(
+        "SELECT extract(epoch FROM present_at) FROM session_presence"
+        " WHERE consultation_id = $1 AND user_id = $2",
+        s.id,
+        s.user_id,
+    )
+    assert row["stopped_at"].timestamp() >= float(present) + 1.0 - 0.01  # last presence + grace
+    n = await assert_each_minute_once(db, s.id)  # none at or after the stop
+    c = await consultation(db, s.id)
+    assert (c["billed_minutes"], c["total_charged"]) == (n, n * 100)
+
+
+async def _completed(db: asyncpg.Pool[Any], cid: Any) -> bool:
+    return bool(
+        await db.fetchval("SELECT status = 'completed' FROM consultations WHERE id = $1", cid)
+    )

@@ -28,10 +28,10 @@ from notify.channels import (
 )
 from notify.channels.aws import SesEmail
 from notify.channels.fcm import static_token
+from notify.sms import SnsSms
 from tests.conftest import make_settings
 from tests.notify.support import FakeFcm
 from tests.notify.test_templates import DEVANAGARI
-from workers.sms import SnsSms
 
 SENDER = "no-reply@astrolive.example"
 
@@ -87,7 +87,7 @@ async def test_ses_unreachable_is_transient(monkeypatch: pytest.MonkeyPatch) -> 
 async def test_otp_sms_goes_through_sns_with_the_sign_in_provider(
     aws_env: str, locale: str
 ) -> None:
-    """The SMS channel reuses `workers.sms` (the auth flow's SNS provider) with our template."""
+    """The SMS channel reuses `notify.sms` (the auth flow's SNS provider) with our template."""
     channel = SmsChannel(SnsSms("us-east-1", endpoint_url=aws_env))
     phone = "+9198" + str(uuid.uuid4().int)[:8]
     message = _message("otp", locale, {"code": "482913", "minutes": 5}, phone)

@@ -238,7 +238,9 @@ async def test_push_to_every_device_and_email_when_the_user_has_one(
     user_id, t1 = await _user_with_device(push_services, "hi")
     await devices.register(push_services.db, user_id, "ios", "tok-ios")
     await push_services.db.execute(
-        "UPDATE users SET email = 'asha@example.com' WHERE id = $1", user_id
+        # Issue 16: only a verified address gets e-mail (tests/api/test_email.py checks the rest).
+        "UPDATE users SET email = 'asha@example.com', email_verified_at = now() WHERE id = $1",
+        user_id,
     )
     await notify.notify(push_services, user_id, "refund_issued", {"amount": 3000}, key="refund:r1")
     n = await _only_notification(push_services, user_id)

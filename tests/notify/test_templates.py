@@ -25,6 +25,27 @@ SAMPLE_DATA: dict[str, dict[str, object]] = {
     "astrologer_verified": {},
     "astrologer_rejected": {"reason": "the ID proof is unreadable"},
     "followed_astrologer_online": {"astrologer_name": "Pandit Rao"},
+    # issue 17: tips, bookings, support tickets
+    "tip_received": {"user_name": "Asha", "amount": 9000},
+    "tip_sent": {"astrologer_name": "Pandit Rao", "amount": 10000},
+    "booking_confirmed": {"other_name": "Pandit Rao", "type": "chat", "when": "1 Dec 10:00"},
+    "booking_rescheduled": {"other_name": "Pandit Rao", "type": "voice", "when": "2 Dec 10:00"},
+    "booking_cancelled": {"other_name": "Asha", "type": "video", "when": "1 Dec 10:00"},
+    "booking_expired": {"other_name": "Pandit Rao", "type": "chat", "when": "1 Dec 10:00"},
+    "booking_reminder": {
+        "other_name": "Pandit Rao",
+        "type": "chat",
+        "when": "1 Dec 10:00",
+        "lead": "15 min",
+    },
+    "ticket_updated": {"ticket_status": "resolved"},
+    "ticket_reply": {},
+    # issue 16
+    "question_received": {"user_name": "Asha", "amount": 5000},
+    "question_answered": {"astrologer_name": "Pandit Rao"},
+    "question_expired": {"astrologer_name": "Pandit Rao", "amount": 5000},
+    "question_cancelled": {"user_name": "Asha"},
+    "email_verify": {"link": "https://astrolive.example/v1/me/email/verify?token=t", "hours": 48},
 }
 
 

@@ -41,22 +41,40 @@ class FakeGateways:
         intent = self.intents[intent_id]
         intent.update(status="succeeded", amount_received=intent["amount"])
 
+    def succeed_intent_with(self, intent_id: str, *, received: int, currency: str) -> None:
+        """A succeeded PaymentIntent that received another amount or currency than ordered."""
+        self.intents[intent_id].update(
+            status="succeeded", amount_received=received, currency=currency
+        )
+
     def fail_intent(self, intent_id: str) -> None:
         self.intents[intent_id].update(
             status="requires_payment_method",
             last_payment_error={"message": "card declined", "code": "card_declined"},
         )
 
-    def capture(self, order_id: str, status: str = "captured") -> str:
+    def capture(
+        self,
+        order_id: str,
+        status: str = "captured",
+        *,
+        amount: int | None = None,
+        currency: str | None = None,
+        captured: bool | None = None,
+    ) -> str:
+        """A payment on the order. `status="refunded", captured=False` is Razorpay's
+        authorised-then-auto-refunded payment (the money never arrived)."""
         order = self.orders[order_id]
         payment_id = "pay_" + secrets.token_hex(7)
         self.payments[payment_id] = {
             "id": payment_id,
             "entity": "payment",
             "order_id": order_id,
-            "amount": order["amount"],
-            "currency": order["currency"],
+            "amount": order["amount"] if amount is None else amount,
+            "currency": order["currency"] if currency is None else currency,
             "status": status,
+            "captured": status == "captured" if captured is None else captured,
+            "created_at": int(time.time()) + len(self.payments),
         }
         return payment_id
 

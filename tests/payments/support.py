@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from billing.ledger import Leg, account_id, post_transfer
-from billing.pricing import split_share
+from billing.rules import split
 from core.services import Services
 from workers.context import JobContext
 
@@ -25,10 +25,11 @@ async def run(
     return await fn(job_ctx(services, job_try), *args)
 
 
-async def queued(services: Services) -> list[tuple[str, tuple[Any, ...]]]:
-    """(function, args) of every job waiting in the arq queue."""
+async def queued(services: Services, only: str | None = None) -> list[tuple[str, tuple[Any, ...]]]:
+    """(function, args) of every job waiting in the arq queue, or of those of function `only`
+    (a settled recharge also queues its inbox notification, issue 17)."""
     jobs = await services.arq.queued_jobs()
-    return [(j.function, tuple(j.args)) for j in jobs]
+    return [(j.function, tuple(j.args)) for j in jobs if only in (None, j.function)]
 
 
 async def balance(db: asyncpg.Pool[Any], kind: str, owner: uuid.UUID | None) -> int:
@@ -78,7 +79,7 @@ async def charged_consultation(
         earnings = await account_id(conn, "astrologer_earnings", astrologer_id)
         revenue = await account_id(conn, "platform_revenue", None)
         for minute in range(1, minutes + 1):
-            astro, platform = split_share(rate, share_percent)
+            astro, platform = split(rate, share_percent)
             legs = [Leg(wallet, -rate), Leg(earnings, astro)]
             if platform:
                 legs.append(Leg(revenue, platform))
@@ -90,3 +91,29 @@ async def charged_consultation(
                 consultation_id=consultation_id,
             )
     return consultation_id
+
+
+async def new_recharge(client: Any, headers: dict[str, str], gateway: str) -> dict[str, Any]:
+    """POST /v1/wallet/recharges of 10,000 through `gateway`; the 201 body."""
+    resp = await client.post(
+        "/v1/wallet/recharges", json={"amount": 10_000, "gateway": gateway}, headers=headers
+    )
+    assert resp.status == 201, await resp.text()
+    data: dict[str, Any] = await resp.json()
+    return data
+
+
+async def razorpay_captured_hook(client: Any, payment: dict[str, Any], event_id: str) -> None:
+    """Deliver Razorpay's signed `payment.captured` webhook for `payment`; it must answer 200."""
+    from tests.payments import fake_gateways as fg
+
+    body = fg.razorpay_payment_event("payment.captured", payment)
+    resp = await client.post(
+        "/v1/payments/razorpay/webhook",
+        data=body,
+        headers={
+            "X-Razorpay-Signature": fg.razorpay_signature(body),
+            "X-Razorpay-Event-Id": event_id,
+        },
+    )
+    assert resp.status == 200, await resp.text()

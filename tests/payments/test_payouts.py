@@ -130,3 +130,45 @@ async def test_failed_payout_returns_the_amount(
     assert await balance(db, "astrologer_earnings", astrologer.id) == 30_000
     resp = await client.post("/v1/astrologer/payouts", json={"amount": 30_000}, headers=headers)
     assert resp.status == 201
+
+
+async def test_admin_rejects_a_requested_payout_and_the_money_returns(
+    client: Client, db: asyncpg.Pool[Any], settings: Settings, services: Services
+) -> None:
+    astrologer = await _earning_astrologer(db)  # 30,000 earned
+    headers = await auth(db, settings, astrologer)
+    payout = await (
+        await client.post("/v1/astrologer/payouts", json={"amount": 25_000}, headers=headers)
+    ).json()
+    assert await balance(db, "astrologer_earnings", astrologer.id) == 5_000
+    admin = await auth(db, settings, await make_user(db, role="admin"))
+    url = f"/v1/admin/payouts/{payout['id']}/reject"
+    bad = await client.post(url, json={"reason": ""}, headers=admin)
+    assert bad.status == 422
+    assert (await client.post(url, json={"reason": "x"}, headers=headers)).status == 403
+    missing = await client.post(
+        f"/v1/admin/payouts/{uuid.uuid4()}/reject", json={"reason": "x"}, headers=admin
+    )
+    assert missing.status == 404
+    assert await balance(db, "astrologer_earnings", astrologer.id) == 5_000  # nothing moved
+    resp = await client.post(url, json={"reason": "bank details do not match"}, headers=admin)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert (body["status"], body["rejection_reason"]) == ("rejected", "bank details do not match")
+    assert await balance(db, "astrologer_earnings", astrologer.id) == 30_000
+    again = await client.post(url, json={"reason": "again"}, headers=admin)
+    assert (again.status, (await again.json())["error"]["code"]) == (409, "payout_not_pending")
+    assert await balance(db, "astrologer_earnings", astrologer.id) == 30_000
+    audit = await db.fetchval("SELECT count(*) FROM audit_log WHERE action = 'reject_payout'")
+    assert audit == 1
+    # An approved payout is in the provider's hands: it cannot be rejected any more.
+    second = await (
+        await client.post("/v1/astrologer/payouts", json={"amount": 20_000}, headers=headers)
+    ).json()
+    await client.post(f"/v1/admin/payouts/{second['id']}/approve", headers=admin)
+    late = await client.post(
+        f"/v1/admin/payouts/{second['id']}/reject", json={"reason": "late"}, headers=admin
+    )
+    assert late.status == 409
+    listed = await (await client.get("/v1/admin/payouts?status=rejected", headers=admin)).json()
+    assert [p["id"] for p in listed["items"]] == [payout["id"]]

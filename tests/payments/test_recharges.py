@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from billing import recharges
 from billing.gateways import LocalGateway, PaymentState, gateway_for
 from billing.gateways.base import GatewayDisabled
+from billing.reconcile import reconcile
 from core.services import Services
 from core.settings import Settings
 from tests.conftest import make_settings
@@ -185,7 +186,7 @@ async def test_stripe_webhook_five_times_concurrently_credits_once(
         _stripe_hook(client, "payment_intent.succeeded", intent, "evt_other"),
     )
     assert statuses == [200] * 6
-    jobs = await queued(services)
+    jobs = await queued(services, "settle_payment")
     assert len(jobs) == 2  # one per event id: duplicate deliveries share a job
     # Every job runs, concurrently, and some twice (arq delivers at least once).
     results = await asyncio.gather(*[run(services, settle_payment, *args) for _, args in jobs * 3])
@@ -257,7 +258,10 @@ async def test_razorpay_webhooks_and_verify_race_credit_once(
         await asyncio.sleep(0.01)
         return list(
             await asyncio.gather(
-                *[run(services, settle_payment, *args) for _, args in await queued(services)]
+                *[
+                    run(services, settle_payment, *args)
+                    for _, args in await queued(services, "settle_payment")
+                ]
             )
         )
 
@@ -270,7 +274,7 @@ async def test_razorpay_webhooks_and_verify_race_credit_once(
     assert isinstance(first, dict)
     assert isinstance(last, dict)
     assert first["status"] == last["status"] == "succeeded"
-    for _, args in await queued(services):
+    for _, args in await queued(services, "settle_payment"):
         assert await run(services, settle_payment, *args) == "succeeded"
     assert await balance(db, "user_wallet", user.id) == 25_000
     assert await db.fetchval("SELECT count(*) FROM transfers WHERE kind = 'recharge'") == 1
@@ -430,7 +434,7 @@ async def test_payment_failed_marks_failed_and_a_later_success_still_credits(
         client, "payment_intent.payment_failed", fake.intents[out["order_id"]], "evt_f"
     )
     assert failed == 200
-    for _, args in await queued(services):
+    for _, args in await queued(services, "settle_payment"):
         assert await run(services, settle_payment, *args) == "failed"
     data = await (await client.get(f"/v1/wallet/recharges/{out['id']}", headers=headers)).json()
     assert data["status"] == "failed"
@@ -438,7 +442,10 @@ async def test_payment_failed_marks_failed_and_a_later_success_still_credits(
     # The user retries the same PaymentIntent with another card: money taken must be credited.
     fake.succeed_intent(out["order_id"])
     await _stripe_hook(client, "payment_intent.succeeded", fake.intents[out["order_id"]], "evt_s")
-    results = [await run(services, settle_payment, *args) for _, args in await queued(services)]
+    results = [
+        await run(services, settle_payment, *args)
+        for _, args in await queued(services, "settle_payment")
+    ]
     assert "succeeded" in results
     assert await balance(db, "user_wallet", user.id) == 10_000
 
@@ -452,13 +459,24 @@ async def test_amount_mismatch_is_not_credited_and_reconciliation_reports_it(
         r = await recharges.apply_payment_state_txn(
             conn, uuid.UUID(out["id"]), PaymentState("succeeded", out["order_id"], 1, "INR")
         )
-    assert r.status == "pending"
+    assert (r.status, r.failure_reason) == ("failed", "amount_mismatch")
+    flagged = await db.fetchrow("SELECT kind, amount, status FROM payment_anomalies")
+    assert flagged is not None
+    assert tuple(flagged) == ("amount_mismatch", 1, "flagged")
     await db.execute(
         "INSERT INTO payment_events (gateway, event_id, type, recharge_id, payload, received_at)"
         " VALUES ('stripe', 'evt_old', 'payment_intent.succeeded', $1, '{}',"
         " now() - interval '1 hour')",
         uuid.UUID(out["id"]),
     )
+    async with db.acquire() as conn:
+        assert await recharges.check_recharges(conn) == []  # decided: failed, from the gateway
+        report = await reconcile(conn)
+    assert [(f.check, f.details["kind"]) for f in report.findings] == [
+        ("payment_anomalies", "amount_mismatch")
+    ]
+    # A success reported an hour ago and still pending: the settle path is broken.
+    await db.execute("UPDATE recharges SET status = 'pending', failure_reason = NULL")
     async with db.acquire() as conn:
         problems = await recharges.check_recharges(conn)
         findings = await recharges.reconcile_recharges(conn)
@@ -490,7 +508,8 @@ async def test_test_gateway_completes_by_itself_through_a_real_worker(
     # the deferred job (it counts as queued) and returns when the queue is empty.
     await asyncio.wait_for(worker.main(), timeout=20)
     await asyncio.gather(*worker.tasks.values())
-    assert worker.jobs_complete == 1
+    # The recharge's completion, and the inbox notification its settlement queued (issue 17).
+    assert worker.jobs_complete >= 1
     assert worker.jobs_failed == 0
     data = await (await client.get(f"/v1/wallet/recharges/{out['id']}", headers=headers)).json()
     assert data["status"] == "succeeded"

@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from billing import refunds
+from billing.ledger import Leg, account_id, post_transfer
 from core.services import Services
 from core.settings import Settings
 from tests.factories import auth, fund, make_astrologer, make_user
@@ -88,6 +89,30 @@ async def test_refund_reverses_the_share_in_proportion(db: asyncpg.Pool[Any]) ->
     assert await system_total(db, "platform_revenue") == 4_000 - 1_000
 
 
+async def test_a_tip_is_not_part_of_what_a_consultation_refund_returns(
+    db: asyncpg.Pool[Any],
+) -> None:
+    """A tip carries the consultation's id in the ledger, but it was a gift, not a charge: a full
+    consultation refund returns the minutes only and leaves the tip with the astrologer."""
+    user, astrologer, cid = await _session(db, minutes=2, rate=1_000)  # 2,000 charged
+    async with db.acquire() as conn:
+        wallet = await account_id(conn, "user_wallet", user.id)
+        earnings = await account_id(conn, "astrologer_earnings", astrologer.id)
+        await post_transfer(
+            conn,
+            key=f"tip:{user.id}:t1",
+            kind="tip",
+            legs=[Leg(wallet, -500), Leg(earnings, 500)],
+            consultation_id=cid,
+        )
+        refund = await refunds.refund_consultation(
+            conn, consultation_id=cid, amount=None, reason="r", actor_id=None, key="k-tip"
+        )
+    assert refund.amount == 2_000
+    assert await balance(db, "user_wallet", user.id) == 100_000 - 500
+    assert await balance(db, "astrologer_earnings", astrologer.id) == 500
+
+
 async def test_refund_key_replays_and_conflicts(db: asyncpg.Pool[Any]) -> None:
     user, _, cid = await _session(db)
     async with db.acquire() as conn:
@@ -126,21 +151,90 @@ async def test_admin_refund_access_and_unknown_consultation(
     assert (await client.post("/v1/admin/refunds", json=negative, headers=admin)).status == 422
 
 
-async def test_automatic_refund_for_an_astrologer_early_end(db: asyncpg.Pool[Any]) -> None:
-    user, astrologer = await make_user(db), await make_astrologer(db)
-    await fund(db, user.id, 10_000)
-    early = await charged_consultation(
-        db, user.id, astrologer.id, 1, 2_000, end_reason="astrologer_ended"
+async def _waiting_on_a_lock(db: asyncpg.Pool[Any], pid: int) -> bool:
+    """Is the backend `pid` blocked on a lock right now (the deterministic interleaving point)?"""
+    return bool(
+        await db.fetchval(
+            "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid
+        )
     )
-    normal = await charged_consultation(db, user.id, astrologer.id, 1, 2_000)
+
+
+async def test_a_refund_racing_a_charge_locks_before_it_reads(db: asyncpg.Pool[Any]) -> None:
+    """Issue 13 item 8, with a forced interleaving: a charge of the consultation is posted and
+    not committed; a full refund starts and must wait for the charge's locks BEFORE it reads what
+    was charged, so it refunds the charge too (it used to read a stale `charged`, and a later
+    refund could then hit the totals CHECK: a 500)."""
+    from billing.ledger import Charge, post_charges
+
+    user, astrologer, cid = await _session(db, minutes=2, rate=1_000)
+    async with db.acquire() as charging, db.acquire() as refunding:
+        tx = charging.transaction()
+        await tx.start()
+        charge = Charge(f"charge:{cid}:3", cid, user.id, astrologer.id, 1_000, 600)
+        [posted] = await post_charges(charging, [charge])
+        assert posted.status == "posted"
+        pid = refunding.get_server_pid()
+        refund = asyncio.create_task(
+            refunds.refund_consultation(
+                refunding, consultation_id=cid, amount=None, reason="r", actor_id=None, key="k"
+            )
+        )
+        for _ in range(2_000):  # wait until the refund is blocked on the charge's lock
+            if await _waiting_on_a_lock(db, pid):
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError("the refund never waited for the charge's locks")
+        assert not refund.done()
+        await tx.commit()
+        done = await refund
+    assert done.amount == 3_000  # the committed third minute included
+    assert await balance(db, "user_wallet", user.id) == 100_000
+    assert await balance(db, "astrologer_earnings", astrologer.id) == 0
+    totals = await db.fetchrow(
+        "SELECT charged, refunded FROM consultation_refund_totals WHERE consultation_id = $1", cid
+    )
+    assert totals is not None
+    assert (totals["charged"], totals["refunded"]) == (3_000, 3_000)
+
+
+async def test_a_refund_after_a_payout_never_takes_earnings_below_zero(
+    db: asyncpg.Pool[Any],
+) -> None:
+    """Issue 13 item 7: the astrologer was paid out their whole balance, then the session is
+    refunded in full. The user gets everything back; earnings stay at 0 (the CHECK would refuse
+    less) and platform revenue carries what was paid out. A later session's refund takes the
+    share it could not take before, from earnings that exist again."""
+    from billing.ledger import Leg, account_id, post_transfer
+
+    user, astrologer, cid = await _session(db, minutes=5, rate=1_000)  # 3,000 earned
     async with db.acquire() as conn:
-        refund = await refunds.apply_automatic_refunds(conn, consultation_id=early)
-        assert refund is not None
-        assert refund.amount == 2_000
-        assert await refunds.apply_automatic_refunds(conn, consultation_id=early) is not None
-        assert await refunds.apply_automatic_refunds(conn, consultation_id=normal) is None
-    assert await balance(db, "user_wallet", user.id) == 10_000 - 2_000
-    assert await db.fetchval("SELECT count(*) FROM consultation_refunds") == 1
+        earnings = await account_id(conn, "astrologer_earnings", astrologer.id)
+        clearing = await account_id(conn, "payouts_clearing", None)
+        await post_transfer(
+            conn, key="payout:test", kind="payout",
+            legs=[Leg(earnings, -3_000), Leg(clearing, 3_000)],
+        )  # fmt: skip
+        first = await refunds.refund_consultation(
+            conn, consultation_id=cid, amount=2_000, reason="r", actor_id=None, key="k1"
+        )
+    assert first.earnings_reversed == 0
+    assert await balance(db, "astrologer_earnings", astrologer.id) == 0
+    assert await balance(db, "user_wallet", user.id) == 100_000 - 5_000 + 2_000
+    # New earnings arrive (another session); the next refund of the first one catches up.
+    await charged_consultation(db, user.id, astrologer.id, 5, 1_000)
+    async with db.acquire() as conn:
+        second = await refunds.refund_consultation(
+            conn, consultation_id=cid, amount=None, reason="r", actor_id=None, key="k2"
+        )
+    assert second.amount == 3_000
+    assert second.earnings_reversed == 3_000  # the whole share of the session, at last
+    assert await balance(db, "astrologer_earnings", astrologer.id) == 0
+    assert await balance(db, "user_wallet", user.id) == 100_000 - 5_000
+    # The first session is refunded in full, in proportion after all: only the second one's
+    # platform part stays.
+    assert await system_total(db, "platform_revenue") == 2_000
 
 
 async def _paid_stripe_recharge(
@@ -181,7 +275,7 @@ async def test_card_refund_goes_through_the_gateway_with_a_fixed_key(
     refund = await resp.json()
     assert (refund["amount"], refund["tax"], refund["status"]) == (4_000, 720, "requested")
     assert await balance(db, "user_wallet", user.id) == 6_000
-    jobs = await queued(services)
+    jobs = await queued(services, "process_refund")
     assert [f for f, _ in jobs] == ["process_refund"]
     for _ in range(2):  # a redelivered job finds it done
         assert await run(services, process_refund, *jobs[0][1]) == "succeeded"

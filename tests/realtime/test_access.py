@@ -158,7 +158,8 @@ async def test_ice_servers_with_coturn_credentials(
     start_server: Any, db: asyncpg.Pool[Any], rt_settings: Settings
 ) -> None:
     url, _ = await start_server()
-    user = await make_user(db)
+    # TURN only for a participant of an accepted or active voice/video consultation (issue 14).
+    _, user, _, _, _ = await make_pair(db, rt_settings, type_="voice", status="accepted")
     async with aiohttp.ClientSession() as http:
         async with http.get(url + "/v1/rtc/ice-servers") as resp:
             assert resp.status == 401

@@ -174,11 +174,11 @@ async def test_consultation_must_take_messages(
                 "chat:send", {"consultation_id": str(cid), "client_msg_id": mid, "text": "t"}
             )
 
-        assert (await send(u, requested, "1"))["error"]["code"] == "consultation_not_active"
-        assert (await send(u, just_ended, "2"))["error"]["code"] == "consultation_not_active"
+        assert (await send(u, requested, "1"))["error"]["code"] == "not_active"
+        assert (await send(u, just_ended, "2"))["error"]["code"] == "not_active"
         # The astrologer may still write (remedies, a summary) a short while after the end.
         assert (await send(a, just_ended, "3"))["seq"] == 1
-        assert (await send(a, long_ago, "4"))["error"]["code"] == "consultation_not_active"
+        assert (await send(a, long_ago, "4"))["error"]["code"] == "not_active"
         assert await db.fetchval("SELECT count(*) FROM chat_messages") == 1
         assert await db.fetchval("SELECT count(*) FROM chat_counters") == 1
     finally:

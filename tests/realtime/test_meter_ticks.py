@@ -10,7 +10,8 @@ import asyncpg
 
 from core.settings import Settings
 from db.identity import User, get_user
-from realtime.server import SIO, BatchingRedisManager
+from realtime.server import SIO
+from realtime.transport import BatchingRedisManager
 from tests.factories import make_user, token_for
 from tests.meter.support import accepted_consultation
 from tests.realtime.support import Peer
@@ -48,12 +49,20 @@ async def test_tick_reaches_a_participant_on_another_process(
             ticks = await peer.wait_for("session:tick", lambda es: len(es) >= 3)
             minutes = [t["minute"] for t in ticks]
             assert minutes == list(range(1, len(minutes) + 1)), minutes  # in order, each once
-            first = ticks[0]
-            assert first["consultation_id"] == str(s.id)
-            assert first["amount"] == 100
-            assert first["charged"] == 100
-            assert first["balance"] == 100_000 - 100
-            assert first["minutes_left"] == (100_000 - 100) // 100
+            assert ticks[0]["consultation_id"] == str(s.id)
+        # Each side its own copy (issue 12): the user's money only to the user, the astrologer
+        # the minute and what they earned.
+        first = u.events["session:tick"][0]
+        assert first["amount"] == 100
+        assert first["charged"] == 100
+        assert first["balance"] == 100_000 - 100
+        assert first["minutes_left"] == (100_000 - 100) // 100
+        assert a.events["session:tick"][0] == {
+            "consultation_id": str(s.id),
+            "minute": 1,
+            "earned": 60,
+        }
+        assert "balance" not in a.events["session:started"][0]
         assert (await u.call("consultation:end", join))["ok"]
         for peer in (u, a):
             ended = await peer.wait_for("session:ended", lambda es: len(es) == 1)

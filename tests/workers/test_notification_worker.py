@@ -11,6 +11,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from arq.cron import CronJob
+from arq.worker import Function
 
 import notify
 from astrolive.resources import close_services, open_services
@@ -237,7 +239,7 @@ def test_worker_settings_are_hardened() -> None:
 
 
 def test_a_killed_workers_jobs_come_back_within_a_minute() -> None:
-    jobs = [*WorkerSettings.functions, *WorkerSettings.cron_jobs]
+    jobs: list[Function | CronJob] = [*WorkerSettings.functions, *WorkerSettings.cron_jobs]
     longest = max(j.timeout_s or WorkerSettings.job_timeout for j in jobs)
     assert longest + 10 <= 60  # arq: in_progress_timeout = max job timeout + 10 s
 

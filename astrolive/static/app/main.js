@@ -9,6 +9,9 @@ import * as session from "./screens/session.js";
 import * as astrologer from "./screens/astrologer.js";
 import * as admin from "./screens/admin.js";
 import * as echo from "./screens/echo.js";
+import * as booking from "./screens/booking.js"; // issue 17
+import * as support from "./screens/support.js"; // issue 17
+import * as questions from "./screens/questions.js"; // issue 16
 
 // Screens each role sees, in nav order: [id, label, on-show].
 const SCREENS = {
@@ -16,11 +19,15 @@ const SCREENS = {
     ["discover", "Astrologers", user.showDiscover],
     ["wallet", "Wallet", user.showWallet],
     ["history", "Consultations", user.showHistory],
+    ["book", "Book", booking.showBook],
+    ["questions", "Questions", questions.show], // issue 16
+    ["support", "Support", support.showSupport],
     ["echo", "Echo test", echo.show],
   ],
   astrologer: [
     ["desk", "Desk", astrologer.showDesk],
     ["history", "Consultations", user.showHistory],
+    ["questions", "Questions", questions.show], // issue 16
     ["earnings", "Earnings", astrologer.showEarnings],
     ["profile", "Profile", astrologer.showProfile],
     ["echo", "Echo test", echo.show],
@@ -28,13 +35,14 @@ const SCREENS = {
   admin: [
     ["verify", "Verification", admin.showQueue],
     ["refunds", "Refunds", admin.showRefunds],
+    ["tickets", "Tickets", support.showQueue],
   ],
 };
 
 const EVENTS = [
   "presence", "consultation:requested", "consultation:updated", "chat:message", "chat:typing",
   "chat:read", "rtc:offer", "rtc:answer", "rtc:ice", "session:started", "session:tick",
-  "session:low_balance", "session:ended",
+  "session:low_balance", "session:ended", "session:tip",
 ];
 
 function screensOf(role) {
@@ -151,6 +159,9 @@ function wireRealtime() {
   astrologer.wire();
   admin.wire();
   echo.wire();
+  booking.wire();
+  questions.wire(); // issue 16
+  support.wire();
 }
 
 async function boot() {

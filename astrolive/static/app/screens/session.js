@@ -86,6 +86,7 @@ function addMessage(msg, { pending = false } = {}) {
   if (msg.id) seen.add(msg.id);
   const mine = isMe(msg.sender_id);
   const li = h("li", { class: mine ? "mine" : "theirs", dataset: { seq: msg.seq ?? "", id: msg.id || "", read: "false" } },
+    attachmentView(msg.attachment), // issue 17
     msg.text,
     h("span", { class: "meta" }, when(msg.sent_at), mine ? h("span", { class: "receipt-mark" }, pending ? " · sending" : " · sent") : ""));
   // Keep the log in sequence order even when an ack and a relayed message cross.
@@ -96,6 +97,34 @@ function addMessage(msg, { pending = false } = {}) {
   if (msg.seq > lastSeq) lastSeq = msg.seq;
   if (mine) markRead(theirReadSeq);
   else sendRead();
+}
+
+// Issue 17: an image is shown inline (its URL is signed and short-lived), a PDF is a link.
+// The local file store's URLs are made with PUBLIC_BASE_URL; this page uses its own origin.
+function fileUrl(url) {
+  const u = new URL(url, location.href);
+  return u.pathname === "/v1/files" ? `${u.pathname}${u.search}` : u.href;
+}
+
+function attachmentView(a) {
+  if (!a) return "";
+  if (a.content_type.startsWith("image/")) {
+    return h("img", { class: "attachment", src: fileUrl(a.url), alt: "image sent in the chat", dataset: { attachmentId: a.id } });
+  }
+  return h("a", { href: fileUrl(a.url), target: "_blank", rel: "noopener", dataset: { attachmentId: a.id } }, "PDF document");
+}
+
+async function sendFile(file) {
+  const c = current();
+  if (!c || !file) return;
+  const slot = await api("POST", `/v1/consultations/${c.id}/attachments`, { content_type: file.type, size: file.size });
+  const headers = { "Content-Type": slot.headers["Content-Type"] }; // the browser sets the length
+  const put = await fetch(fileUrl(slot.upload_url), { method: slot.method, headers, body: file });
+  if (!put.ok) throw new Error(`upload failed (${put.status})`);
+  const text = $("#chat-text").value;
+  const ack = await rt.request("chat:send", { consultation_id: c.id, client_msg_id: randomId(), text, attachment_id: slot.attachment_id });
+  $("#chat-text").value = "";
+  addMessage({ id: ack.id, seq: ack.seq, sent_at: ack.sent_at, text, sender_id: state.user.id, attachment: ack.attachment });
 }
 
 function system(text) {
@@ -250,7 +279,8 @@ function ensureCall() {
 
 async function startCall() {
   const c = current();
-  if (!c || !["voice", "video"].includes(c.type) || !["accepted", "active"].includes(c.status)) return;
+  // Calls only in a live session (API.md: rtc:* only while active; the server refuses otherwise).
+  if (!c || !["voice", "video"].includes(c.type) || c.status !== "active") return;
   hangup();
   await ensureCall().start();
 }
@@ -274,6 +304,17 @@ export function wire() {
       input.value = "";
       addMessage({ id: ack.id, seq: ack.seq, sent_at: ack.sent_at, text, sender_id: state.user.id });
       input.focus();
+    });
+  });
+  $("#chat-file").addEventListener("change", (ev) => { // issue 17
+    const input = ev.currentTarget;
+    const file = input.files?.[0];
+    guarded($("#chat-send"), async () => {
+      try {
+        await sendFile(file);
+      } finally {
+        input.value = "";
+      }
     });
   });
   $("#chat-text").addEventListener("input", () => {
@@ -339,7 +380,7 @@ export function wire() {
   });
   rt.on("chat:message", (m) => {
     if (sameConsultation(m)) addMessage(m);
-    else if (!isMe(m.sender_id)) notice(`New message: ${m.text.slice(0, 80)}`);
+    else if (!isMe(m.sender_id)) notice(`New message: ${(m.text || (m.attachment ? "an attachment" : "")).slice(0, 80)}`);
   });
   rt.on("chat:typing", (d) => {
     if (!sameConsultation(d) || isMe(d.user_id)) return;
@@ -366,13 +407,15 @@ export function wire() {
     if (!sameConsultation(d)) return;
     const warn = $("#low-balance");
     warn.hidden = false;
-    warn.textContent = `Low balance: about ${d.minutes_left} minute(s) left. ` +
-      (mineAsUser(current()) ? "Recharge in the Wallet to keep talking." : "The client's wallet is running out.");
+    // The user's money figures go to the user only: the astrologer's copy has no minutes_left.
+    warn.textContent = mineAsUser(current())
+      ? `Low balance: about ${d.minutes_left} minute(s) left. Recharge in the Wallet to keep talking.`
+      : "The client's wallet is running out.";
   });
   rt.on("session:ended", (d) => {
     if (!sameConsultation(d)) return;
     state.consultation = { ...current(), status: "completed", end_reason: d.reason,
-      billed_minutes: d.billed_minutes, total_charged: d.total_charged };
+      billed_minutes: d.billed_minutes, total_charged: d.total_charged ?? current().total_charged };
     hangup();
     render();
     showReceipt(d);
@@ -382,6 +425,12 @@ export function wire() {
   });
   rt.on("rtc:offer", (d) => {
     if (!sameConsultation(d)) return;
+    // Never answer a call before the session is active: that would be an unbilled call
+    // (issue 12). The server refuses such offers too; this is the console's own rule.
+    if (current()?.status !== "active") {
+      system("A call was offered before the session started; it was not answered.");
+      return;
+    }
     hangup();
     ensureCall().acceptOffer(d).catch(showError);
   });

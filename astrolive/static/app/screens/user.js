@@ -56,6 +56,7 @@ async function loadAstrologers(more = false) {
   const page = await api("GET", `/v1/astrologers${qs(params)}`);
   if (!more) list.replaceChildren();
   for (const a of page.items || []) list.append(astrologerCard(a));
+  watchPresence((page.items || []).map((a) => a.id), { replace: !more });
   if (!list.children.length) list.append(h("li", { class: "muted" }, "No astrologer matches these filters."));
   astroCursor = page.next_cursor || null;
   $("#astrologers-more").hidden = !astroCursor;
@@ -63,6 +64,21 @@ async function loadAstrologers(more = false) {
 
 export async function showDiscover() {
   await loadAstrologers(false);
+}
+
+// Presence comes only for the astrologers this tab watches (`presence:watch`): the listed ones.
+let watchedIds = [];
+
+async function watchPresence(ids, { replace = false } = {}) {
+  if (replace && watchedIds.length) rt.send("presence:unwatch", {});
+  watchedIds = replace ? ids : [...watchedIds, ...ids];
+  if (!ids.length) return;
+  try {
+    const ack = await rt.request("presence:watch", { astrologer_ids: ids });
+    for (const p of ack.presence || []) onPresence(p);
+  } catch (err) {
+    console.warn("presence:watch failed; statuses refresh with the list", err);
+  }
 }
 
 function onPresence(data) {
@@ -196,6 +212,8 @@ export function wire() {
     guarded($("#recharge-submit"), recharge);
   });
   rt.on("presence", onPresence);
+  // A new socket (a reconnect) watches nothing yet: watch the listed ones again.
+  rt.on("$connect", () => watchPresence(watchedIds.slice(-100), { replace: true }));
   rt.on("session:tick", (d) => {
     if (state.screen === "wallet" && d?.balance !== undefined) $("#wallet-balance").textContent = money(d.balance);
   });

@@ -1,6 +1,6 @@
 """File storage behind one interface: S3 presigned URLs, or a local folder served by the app.
 
-    storage = request.app[STORAGE]                      # or make_storage(settings)
+    storage = services.storage                          # built once: astrolive/resources.py
     up = storage.presign_upload("avatars/<user>/<id>.jpg", "image/jpeg", 123_456)
     # the client: PUT up.url with up.headers and exactly `size` bytes
     url = storage.download_url("avatars/<user>/<id>.jpg")
@@ -54,8 +54,9 @@ class Storage(Protocol):
         """A URL the client uploads exactly `size` bytes of `content_type` to, once, soon."""
         ...
 
-    def download_url(self, key: str) -> str:
-        """A short-lived URL to read the file."""
+    def download_url(self, key: str, ttl: int = DOWNLOAD_URL_TTL_SECONDS) -> str:
+        """A short-lived URL to read the file (valid `ttl` seconds; issue 17: chat attachments
+        ask for minutes)."""
         ...
 
 
@@ -95,12 +96,12 @@ class S3Storage:
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
         return PresignedUpload(str(url), "PUT", headers, key)
 
-    def download_url(self, key: str) -> str:
+    def download_url(self, key: str, ttl: int = DOWNLOAD_URL_TTL_SECONDS) -> str:
         return str(
             self.client.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": check_key(key)},
-                ExpiresIn=DOWNLOAD_URL_TTL_SECONDS,
+                ExpiresIn=ttl,
             )
         )
 
@@ -134,8 +135,8 @@ class LocalStorage:
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
         return PresignedUpload(url, "PUT", headers, key)
 
-    def download_url(self, key: str) -> str:
-        return self._url("GET", key, "", "", DOWNLOAD_URL_TTL_SECONDS)
+    def download_url(self, key: str, ttl: int = DOWNLOAD_URL_TTL_SECONDS) -> str:
+        return self._url("GET", key, "", "", ttl)
 
     def check(self, method: str, params: dict[str, str]) -> str:
         """The key a signed URL's parameters grant `method` on; ValueError when the signature is

@@ -1,7 +1,8 @@
-"""Finalizing a stopped session: the consultation completed from the ledger's totals, automatic
-refunds, receipts, the astrologer freed and the waitlist offered. Safe to run any number of times
-and from any process (the arq job `finalize_consultation`, the web process that stopped the
-meter, the recovery sweep): the `meters` row is locked and `finalized_at` says it was done.
+"""Finalizing a stopped session (the last step of `live/`): the consultation completed from
+the ledger's totals, automatic refunds, receipts, the astrologer freed and the waitlist offered.
+Safe to run any number of times and from any process (the arq job `finalize_consultation`, the
+web process that stopped the meter, the recovery sweep): the `meters` row is locked and
+`finalized_at` says it was done.
 
 Automatic refund rules are configuration (`AUTO_REFUND_RULES`): `cause:max_billed_minutes:percent`
 items, the first matching rule applies. Causes: `astrologer_ended`, `astrologer_disconnected`,
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from billing.refunds import RefundExceedsCharged, refund_consultation
-from consultations.lifecycle import Consultation
+from billing.rules import refund_amount
+from consultations.lifecycle import Consultation, complete, publish
 from core.services import Services
 from db.pool import Conn
+from notify import enqueue_delivery, record_txn
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,9 @@ SELECT m.consultation_id, m.started_at, m.stopped_at, m.stop_reason, m.stop_part
 """
 # The ledger is the truth: the charged minutes are the consultation's `charge:{id}:{n}` transfers
 # (a zero-priced minute has a transfer and no entries); the total is what the wallet paid; the
-# earnings what the astrologer's account received from them.
+# earnings what the astrologer's account received from them. Only minutes up to the meter's
+# `charged_minutes` count: a minute charged past the stop (it must not happen) was refunded by
+# the stop (live.meter) and is not part of the bill.
 LEDGER_TOTALS = """
 SELECT count(*)::int AS minutes,
        coalesce(sum(w.paid), 0)::bigint AS charged,
@@ -101,6 +106,7 @@ SELECT count(*)::int AS minutes,
           FROM entries e JOIN accounts a ON a.id = e.account_id
          WHERE e.transfer_id = t.id) w ON true
  WHERE t.consultation_id = $1 AND t.idempotency_key LIKE $2
+   AND split_part(t.idempotency_key, ':', 3)::int <= $3
 """
 MARK_FINALIZED = "UPDATE meters SET finalized_at = now() WHERE consultation_id = $1"
 NAMES = """
@@ -128,16 +134,13 @@ class Finalized:
 async def finalize(services: Services, consultation_id: uuid.UUID) -> Finalized | None:
     """Complete a stopped session once. None when there is nothing to do (not stopped yet, or
     finalized before)."""
-    from consultations.lifecycle import complete
-    from notify import record_txn
-
     rules = parse_refund_rules(services.settings.auto_refund_rules)
     async with services.db.acquire() as conn, conn.transaction():
         m = await conn.fetchrow(LOCK_METER, consultation_id)
         if m is None or m["stopped_at"] is None or m["finalized_at"] is not None:
             return None
         prefix = f"charge:{consultation_id}:%"
-        totals = await conn.fetchrow(LEDGER_TOTALS, consultation_id, prefix)
+        totals = await conn.fetchrow(LEDGER_TOTALS, consultation_id, prefix, m["charged_minutes"])
         assert totals is not None
         billed, charged, earned = totals["minutes"], totals["charged"], totals["earned"]
         if billed != m["charged_minutes"] or charged != m["charged_amount"]:
@@ -217,7 +220,7 @@ async def _auto_refund(
     rule = matching_rule(rules, cause, billed)
     if rule is None or charged <= 0:
         return 0
-    amount = charged * rule.percent // 100
+    amount = refund_amount(charged, rule.percent)
     if amount <= 0:
         return 0
     reason = f"automatic refund ({rule.name}): {cause} after {billed} min"
@@ -247,9 +250,6 @@ async def _after_finalize(services: Services, done: Finalized) -> None:
     astrologer free again: presence follows PostgreSQL, and going back online offers the
     astrologer to the next in their waitlist (consultations.presence). Best effort: a lost step
     is repaired by its owner's sweep (notifications, presence)."""
-    from consultations.lifecycle import publish
-    from notify import enqueue_delivery
-
     for notification_id in done.notifications:
         await enqueue_delivery(services, notification_id)
     if done.consultation is None:
