@@ -13,13 +13,14 @@ from arq import Retry
 import notify
 from core.services import Services
 from notify import deliveries, devices, inbox, templates
+from notify.api import NOT_INBOX_EVENTS
 from tests.factories import make_user
 from tests.notify.conftest import FCM_TOKEN
 from tests.notify.support import FakeFcm, FcmReply, fcm_error, job_ctx
 from tests.notify.test_templates import DEVANAGARI, SAMPLE_DATA
 from workers.notifications import DELIVERY_MAX_TRIES, DeliveryGaveUp, deliver_notification
 
-INBOX_EVENTS = sorted(e for e in SAMPLE_DATA if e != "otp")
+INBOX_EVENTS = sorted(e for e in SAMPLE_DATA if e not in NOT_INBOX_EVENTS)
 
 
 async def _user_with_device(
